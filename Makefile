@@ -1,0 +1,29 @@
+# `make demo`: set up .venv and run the whole workflow on the demo config.
+# `make test`: set up .venv and run the test suite. Both are idempotent.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+CORES ?= 2
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) --workflow-profile profiles/default
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/snakefmt --check Snakefile rules
+	$(VENV)/bin/snakemake --lint
+
+clean:
+	rm -rf results logs .snakemake data/demo

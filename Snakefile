@@ -1,0 +1,20 @@
+# QA-CLIMS as a workflow: config, validation, one include per stage, the final targets.
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+
+
+wildcard_constraints:
+    shard=r"\d+",
+
+
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

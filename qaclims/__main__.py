@@ -1,0 +1,3 @@
+from qaclims.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""`python -m qaclims <stage> ...`: one subcommand per stage module.
+
+Stage modules are imported only when their subcommand runs, so `--help` is fast and
+needs no GPU, and the code digest of one stage never depends on the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+STAGES: dict[str, str] = {
+    "demo-data": "qaclims.datasets.demo",
+    "manifest": "qaclims.manifest",
+}
+
+log = logging.getLogger("qaclims")
+
+
+def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qaclims", description=__doc__)
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, module_name in STAGES.items():
+        if stage is not None and name != stage:
+            sub.add_parser(name)
+            continue
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    stage = argv[0] if argv and argv[0] in STAGES else None
+    args = build_parser(stage).parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from qaclims.errors import InputError
+
+    try:
+        args._module.main(args)
+    except InputError as err:
+        log.error("%s", err)
+        print(f"qaclims {args.stage}: error: {err}", file=sys.stderr)
+        sys.exit(2)

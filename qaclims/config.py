@@ -1,0 +1,88 @@
+"""Config validation against `schemas/config.schema.yaml`, with errors naming key and file.
+
+The Snakefile calls `check_config` before any job runs; tests and the CLI use the same
+schema file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import yaml
+
+from qaclims.errors import InputError
+
+CLI_SOURCE = "the command line (--config)"
+
+
+def load_schema() -> dict[str, Any]:
+    text = resources.files("qaclims").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _unknown_keys(value: Any, schema: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths in `value` that the schema does not declare."""
+    if not isinstance(value, dict) or schema.get("type") != "object":
+        return []
+    props = schema.get("properties", {})
+    unknown = []
+    for key, sub in value.items():
+        path = f"{prefix}{key}"
+        if key not in props:
+            if schema.get("additionalProperties", True) is False:
+                unknown.append(path)
+            continue
+        unknown += _unknown_keys(sub, props[key], f"{path}.")
+    return unknown
+
+
+def _has_path(value: Any, path: list[str]) -> bool:
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return False
+        value = value[key]
+    return True
+
+
+def _load(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as err:
+        raise InputError(f"{path}: cannot read config file ({err})") from err
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a config file must hold a mapping of keys")
+    return data
+
+
+def check_config(config: dict[str, Any], files: Iterable[str | os.PathLike] = ()) -> None:
+    """Raise InputError naming the key and the file for the first problem found.
+
+    `config` is the merged config; `files` are the YAML files it came from, in the order
+    they were applied (later ones override earlier ones).
+    """
+    schema = load_schema()
+    files = [str(f) for f in files]
+    raw = {f: _load(f) for f in files}
+    for f, data in raw.items():
+        unknown = _unknown_keys(data, schema)
+        if unknown:
+            raise InputError(f"{f}: unknown config key '{unknown[0]}'")
+    unknown = _unknown_keys(config, schema)
+    if unknown:
+        raise InputError(f"{CLI_SOURCE}: unknown config key '{unknown[0]}'")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        err = errors[0]
+        path = [str(p) for p in err.absolute_path]
+        key = ".".join(path) or "<top level>"
+        setters = [f for f in files if path and _has_path(raw[f], path)]
+        source = setters[-1] if setters else (files[-1] if files else CLI_SOURCE)
+        raise InputError(f"{source}: config key '{key}': {err.message}")

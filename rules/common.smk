@@ -1,0 +1,35 @@
+# Shared helpers: config validation, paths, shards, code digests.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)
+
+from qaclims.config import check_config
+from qaclims.digest import code_digest
+from qaclims.errors import InputError
+
+
+def _config_files():
+    """Config files in the order they were applied: the default, then --configfile ones."""
+    cli = [str(f) for f in workflow.overwrite_configfiles]
+    return [str(Path(workflow.basedir) / "config.yaml")] + cli
+
+
+try:
+    check_config(config, _config_files())
+except InputError as err:
+    raise WorkflowError(f"invalid config: {err}")
+
+
+DATASET = config["dataset"]
+RESULTS = f"results/{DATASET['name']}"
+LOGS = f"logs/{DATASET['name']}"
+BENCH = f"benchmarks/rules/{DATASET['name']}"
+SHARDS = list(range(DATASET["shards"]))
+IS_DEMO = DATASET["kind"] == "demo"
+IS_COCO = DATASET["kind"] == "coco14"
+
+
+def final_targets():
+    """Targets of the default target: every stage wired so far."""
+    return [f"{RESULTS}/manifest.parquet"]
