@@ -37,10 +37,65 @@ CLASSES_SCHEMA = pa.schema(
     ]
 )
 
+# qape/{fg,bg}/shard-K.parquet: one row per (image, class, question); the VQA model id is
+# stored in the file metadata under b"qaclims.vqa_model".
+QAPE_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("class_id", pa.int16(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("question_id", pa.int16(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),
+        pa.field("lemma", pa.string(), nullable=False),
+    ]
+)
 
-def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema) -> None:
+# corpus/fg.parquet: every FG answer after post-processing (ALGORITHM §1), one row per
+# (image, class, question); `text` is what gets prompted and encoded.
+CORPUS_FG_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("class_id", pa.int16(), nullable=False),
+        pa.field("question_id", pa.int16(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+    ]
+)
+
+# corpus/bg.parquet: the distinct BG answers of each (image, class) minus the class name;
+# a pair whose set is empty has exactly one row with text = null.
+CORPUS_BG_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("class_id", pa.int16(), nullable=False),
+        pa.field("text", pa.string(), nullable=True),
+    ]
+)
+
+
+def text_features_schema(dim: int) -> pa.Schema:
+    """text/features.parquet: unique prompted text -> L2-normalised CLIP embedding.
+
+    File metadata: b"qaclims.clip_model" and b"qaclims.prompt".
+    """
+    return pa.schema(
+        [
+            pa.field("text", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+
+
+def write_table(
+    table: pa.Table,
+    path: str | os.PathLike,
+    schema: pa.Schema,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Cast `table` to `schema` (failing on a mismatch) and write it atomically."""
     table = table.select(schema.names).cast(schema)
+    if metadata:
+        table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
