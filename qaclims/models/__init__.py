@@ -1,0 +1,1 @@
+"""Network definitions and loaders shared by the stages."""
