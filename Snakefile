@@ -1,7 +1,7 @@
 # QA-CLIMS as a workflow: config, validation, one include per stage, the final targets.
 
 
-configfile: "config.yaml"
+configfile: f"{workflow.basedir}/config.yaml"
 
 
 include: "rules/common.smk"

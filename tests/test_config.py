@@ -1,0 +1,75 @@
+"""Config validation: every shipped config passes; bad keys and types are named with the file."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qaclims.config import check_config
+from qaclims.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_default_config_is_valid():
+    check_config(_load(ROOT / "config.yaml"), [ROOT / "config.yaml"])
+
+
+@pytest.mark.parametrize("overlay", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_paper_configs_are_valid_overlays(overlay):
+    merged = _merge(_load(ROOT / "config.yaml"), _load(overlay))
+    check_config(merged, [ROOT / "config.yaml", overlay])
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  shardz: 3\n")
+    merged = _merge(_load(ROOT / "config.yaml"), _load(bad))
+    with pytest.raises(InputError, match=r"bad\.yaml: unknown config key 'dataset\.shardz'"):
+        check_config(merged, [ROOT / "config.yaml", bad])
+
+
+def test_unknown_top_level_key_from_command_line():
+    config = _load(ROOT / "config.yaml")
+    config["crff"] = {"x": 1}
+    with pytest.raises(InputError, match=r"command line.*'crff'"):
+        check_config(config, [ROOT / "config.yaml"])
+
+
+def test_wrong_type_names_key_and_the_file_that_set_it(tmp_path):
+    bad = tmp_path / "over.yaml"
+    bad.write_text("dataset:\n  shards: four\n")
+    merged = _merge(_load(ROOT / "config.yaml"), _load(bad))
+    with pytest.raises(InputError, match=r"over\.yaml: config key 'dataset\.shards': 'four'"):
+        check_config(merged, [ROOT / "config.yaml", bad])
+
+
+def test_out_of_range_value_is_rejected():
+    config = _load(ROOT / "config.yaml")
+    config["dataset"]["shards"] = 0
+    with pytest.raises(InputError, match=r"'dataset\.shards': 0 is less than the minimum"):
+        check_config(config, [])
+
+
+def test_missing_required_key_is_rejected():
+    config = _load(ROOT / "config.yaml")
+    del config["dataset"]["root"]
+    with pytest.raises(InputError, match="'root' is a required property"):
+        check_config(config, [])

@@ -1,0 +1,227 @@
+"""Manifest stage: VOC/SBD and COCO readers, the demo generator, shards, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qaclims import manifest
+from qaclims.datasets import demo, voc
+from qaclims.errors import InputError
+from qaclims.images import save_label_png
+from qaclims.tables import read_class_names, read_manifest
+
+
+def _voc_image(root: Path, image_id: str, labels: np.ndarray, *, aug: bool = False) -> None:
+    h, w = labels.shape
+    Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+    folder = "SegmentationClassAug" if aug else "SegmentationClass"
+    (root / folder).mkdir(exist_ok=True)
+    save_label_png(labels, root / folder / f"{image_id}.png")
+
+
+def _xml(root: Path, image_id: str, names: list[str]) -> None:
+    objects = "".join(f"<object><name>{n}</name></object>" for n in names)
+    (root / "Annotations").mkdir(exist_ok=True)
+    (root / "Annotations" / f"{image_id}.xml").write_text(f"<annotation>{objects}</annotation>")
+
+
+@pytest.fixture
+def voc_root(tmp_path: Path) -> tuple[Path, Path]:
+    """VOC train {a, b}, val {c}; SBD train {d, c}, SBD val {e}: train_aug = {a, b, d, e}."""
+    root, sbd = tmp_path / "VOC2012", tmp_path / "sbd"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "ImageSets/Segmentation").mkdir(parents=True)
+    sbd.mkdir()
+    (root / "ImageSets/Segmentation/train.txt").write_text("a\nb\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("c\n")
+    (sbd / "train.txt").write_text("d\nc\n")
+    (sbd / "val.txt").write_text("e\n")
+    lab = np.zeros((12, 16), np.uint8)
+    lab[2:6, 2:6] = 15  # person
+    lab[0, :] = 255
+    for image_id in "abc":
+        _voc_image(root, image_id, lab)
+    for image_id in "de":
+        lab2 = np.zeros((10, 8), np.uint8)
+        lab2[1:4, 1:4] = 12  # dog
+        _voc_image(root, image_id, lab2, aug=True)
+    return root, sbd
+
+
+def test_voc_train_aug_and_mask_labels(voc_root, tmp_path):
+    root, sbd = voc_root
+    out = tmp_path / "out"
+    counts = manifest.run(
+        "voc12", root, out / "m.parquet", out / "c.parquet", shards=3, sbd_root=sbd
+    )
+    assert counts == {"train_aug": 4, "train": 2, "val": 1}
+    rows = read_manifest(out / "m.parquet").to_pylist()
+    by_split = {s: sorted(r["image_id"] for r in rows if r["split"] == s) for s in counts}
+    assert by_split == {"train_aug": ["a", "b", "d", "e"], "train": ["a", "b"], "val": ["c"]}
+    d = next(r for r in rows if r["image_id"] == "d")
+    assert d["labels"] == [11] and d["label_source"] == "mask"
+    assert (d["height"], d["width"]) == (10, 8)
+    assert d["mask_path"].endswith("SegmentationClassAug/d.png")
+    a = next(r for r in rows if r["image_id"] == "a" and r["split"] == "train")
+    assert a["labels"] == [14] and a["has_mask"]
+    assert read_class_names(out / "c.parquet")[10] == "dining table"
+
+
+def test_voc_labels_come_from_xml_when_present(voc_root, tmp_path):
+    root, sbd = voc_root
+    for image_id in "abcde":
+        _xml(root, image_id, ["diningtable", "person", "tvmonitor"])
+    out = tmp_path / "out"
+    manifest.run("voc12", root, out / "m.parquet", out / "c.parquet", shards=2, sbd_root=sbd)
+    rows = read_manifest(out / "m.parquet").to_pylist()
+    assert {tuple(r["labels"]) for r in rows} == {(10, 14, 19)}
+    assert {r["label_source"] for r in rows} == {"xml"}
+
+
+def test_voc_unknown_xml_class_is_named(voc_root, tmp_path):
+    root, _ = voc_root
+    for image_id in "abc":
+        _xml(root, image_id, ["unicorn"])
+    with pytest.raises(InputError, match=r"a\.xml: unknown class names \['unicorn'\]"):
+        manifest.run("voc12", root, tmp_path / "m.parquet", tmp_path / "c.parquet", shards=1)
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_root_without_expected_folders(tmp_path):
+    (tmp_path / "JPEGImages").mkdir()
+    with pytest.raises(InputError, match="missing ImageSets/Segmentation"):
+        manifest.run("voc12", tmp_path, tmp_path / "m.parquet", tmp_path / "c.parquet", shards=1)
+
+
+def test_missing_image_is_named_and_nothing_written(voc_root, tmp_path):
+    root, sbd = voc_root
+    (root / "JPEGImages/b.jpg").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"b\.jpg: image listed but missing"):
+        manifest.run("voc12", root, out / "m.parquet", out / "c.parquet", shards=1, sbd_root=sbd)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_corrupt_image_is_named(voc_root, tmp_path):
+    root, _ = voc_root
+    data = (root / "JPEGImages/a.jpg").read_bytes()
+    (root / "JPEGImages/a.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match=r"a\.jpg: unreadable image"):
+        manifest.run("voc12", root, tmp_path / "m.parquet", tmp_path / "c.parquet", shards=1)
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_mask_value_out_of_range_is_named(voc_root, tmp_path):
+    root, _ = voc_root
+    bad = np.zeros((12, 16), np.uint8)
+    bad[0, 0] = 37
+    save_label_png(bad, root / "SegmentationClass/c.png")
+    with pytest.raises(InputError, match=r"c\.png: label values \[37\] outside 0\.\.20"):
+        manifest.run("voc12", root, tmp_path / "m.parquet", tmp_path / "c.parquet", shards=1)
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_cli_exits_non_zero_with_the_path(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "qaclims", "manifest", "--kind", "voc12", "--root",
+         str(tmp_path / "nowhere"), "--manifest", str(tmp_path / "m.parquet"),
+         "--classes", str(tmp_path / "c.parquet"), "--shards", "2"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "nowhere: dataset root not found" in result.stderr
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def _coco_split(root: Path, split: str, images: list[dict], anns: list[dict]) -> None:
+    cats = [
+        {"id": 1, "name": "person"},
+        {"id": 18, "name": "dog"},
+        {"id": 90, "name": "toothbrush"},
+    ]
+    (root / split).mkdir(parents=True, exist_ok=True)
+    for img in images:
+        pixels = np.zeros((img["height"], img["width"], 3), np.uint8)
+        Image.fromarray(pixels).save(root / split / img["file_name"])
+    (root / "annotations").mkdir(exist_ok=True)
+    data = {"images": images, "annotations": anns, "categories": cats}
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+
+
+def test_coco_categories_labels_and_gt_map(tmp_path):
+    root = tmp_path / "coco"
+    images = [
+        {"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "height": 20, "width": 30}
+        for i in (9, 3, 25)
+    ]
+    box = [[2, 2, 12, 2, 12, 10, 2, 10]]  # x,y polygon: columns 2..12, rows 2..10
+    small = [[5, 5, 8, 5, 8, 8, 5, 8]]
+    anns = [
+        {"id": 1, "image_id": 9, "category_id": 18, "segmentation": box, "area": 80.0,
+         "bbox": [2, 2, 10, 8], "iscrowd": 0},
+        {"id": 2, "image_id": 9, "category_id": 90, "segmentation": small, "area": 9.0,
+         "bbox": [5, 5, 3, 3], "iscrowd": 0},
+        {"id": 3, "image_id": 3, "category_id": 1, "segmentation": box, "area": 80.0,
+         "bbox": [2, 2, 10, 8], "iscrowd": 0},
+    ]  # fmt: skip
+    _coco_split(root, "train2014", images, anns)
+    _coco_split(root, "val2014", [{"id": 7, "file_name": "COCO_val2014_000000000007.jpg",
+                                   "height": 8, "width": 8}], [])  # fmt: skip
+    out = tmp_path / "out"
+    counts = manifest.run(
+        "coco14", root, out / "m.parquet", out / "c.parquet", gt_dir=out / "gt",
+        shards=2, max_images=2,
+    )  # fmt: skip
+    assert counts == {"train2014": 2, "val2014": 1}
+    assert read_class_names(out / "c.parquet") == ["person", "dog", "toothbrush"]
+    rows = {r["image_id"]: r for r in read_manifest(out / "m.parquet").to_pylist()}
+    assert set(rows) == {"COCO_train2014_000000000003", "COCO_train2014_000000000009",
+                         "COCO_val2014_000000000007"}  # fmt: skip
+    nine = rows["COCO_train2014_000000000009"]
+    assert nine["labels"] == [1, 2]
+    gt = np.asarray(Image.open(nine["mask_path"]))
+    assert gt.shape == (20, 30)
+    assert gt[3, 3] == 2 and gt[6, 6] == 3 and gt[15, 20] == 0
+    assert rows["COCO_val2014_000000000007"]["labels"] == []
+
+
+def test_demo_generator_is_deterministic(tmp_path):
+    kw = {"train_images": 3, "val_images": 2, "image_size": 96}
+    demo.generate(tmp_path / "a", seed=5, **kw)
+    demo.generate(tmp_path / "b", seed=5, **kw)
+    demo.generate(tmp_path / "c", seed=6, **kw)
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    assert len(files) == 2 * 5 + 3
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    jpg = Path("JPEGImages/demo_00000.jpg")
+    assert (tmp_path / "a" / jpg).read_bytes() != (tmp_path / "c" / jpg).read_bytes()
+
+
+def test_demo_reads_as_voc_with_mask_labels(tmp_path):
+    demo.generate(tmp_path / "d", seed=0, train_images=6, val_images=2, image_size=96)
+    rows, names = voc.read(tmp_path / "d")
+    assert names == demo.CLASSES
+    assert {r["split"] for r in rows} == {"train_aug", "train", "val"}
+    assert all(r["labels"] and r["label_source"] == "mask" and r["has_mask"] for r in rows)
+    labels = np.asarray(Image.open(rows[0]["mask_path"]))
+    assert 255 in labels and set(np.unique(labels)) <= {0, 1, 2, 3, 4, 5, 255}
+
+
+def test_shards_are_stable_when_images_are_added():
+    ids = [f"img_{i}" for i in range(500)]
+    before = {i: manifest.shard_of(i, 16) for i in ids}
+    more = ids + [f"new_{i}" for i in range(200)]
+    after = {i: manifest.shard_of(i, 16) for i in more}
+    assert all(after[i] == before[i] for i in ids)
+    counts = np.bincount(list(before.values()), minlength=16)
+    assert counts.min() > 10  # spread over every shard
