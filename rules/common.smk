@@ -1,8 +1,13 @@
 # Shared helpers: config validation, paths, shards, code digests.
+import os
 import sys
 from pathlib import Path
 
+# Jobs import the qaclims next to this Snakefile: the code they run is the code digested.
 sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [workflow.basedir, *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 from qaclims.config import check_config
 from qaclims.digest import code_digest
