@@ -12,6 +12,10 @@ wildcard_constraints:
 
 
 include: "rules/data.smk"
+include: "rules/qape.smk"
+include: "rules/text.smk"
+include: "rules/irn.smk"
+include: "rules/seg.smk"
 
 
 rule all:

@@ -14,6 +14,20 @@ import sys
 STAGES: dict[str, str] = {
     "demo-data": "qaclims.datasets.demo",
     "manifest": "qaclims.manifest",
+    "demo_models": "qaclims.demo_models",
+    "qape": "qaclims.qape",
+    "corpus": "qaclims.corpus",
+    "text_features": "qaclims.text_features",
+    "cams": "qaclims.cams",
+    "eval_cam": "qaclims.eval_cam",
+    "crf": "qaclims.crf",
+    "train_cam": "qaclims.train_cam",
+    "ritc": "qaclims.ritc",
+    "train_irn": "qaclims.train_irn",
+    "pseudo_masks": "qaclims.pseudo_masks",
+    "eval_masks": "qaclims.eval_masks",
+    "train_seg": "qaclims.train_seg",
+    "summary": "qaclims.summary",
 }
 
 log = logging.getLogger("qaclims")

@@ -37,4 +37,4 @@ IS_COCO = DATASET["kind"] == "coco14"
 
 def final_targets():
     """Targets of the default target: every stage wired so far."""
-    return [f"{RESULTS}/manifest.parquet"]
+    return [f"{RESULTS}/manifest.parquet", f"{RESULTS}/text/features.parquet"]

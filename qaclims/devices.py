@@ -1,0 +1,41 @@
+"""Device choice shared by every stage: CUDA when present, the CPU otherwise.
+
+Nothing in qaclims calls `.cuda()` directly; stages ask `pick_device()` and wrap their
+forward passes in `autocast(device)`, which is mixed precision on CUDA and a no-op on the
+CPU (CPU autocast changes results and is slower on the machines we run on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def pick_device() -> torch.device:
+    """The current CUDA device when one is visible, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the card supports it, fp16 on older cards, None (full precision) on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, enabled: bool = True) -> Iterator[None]:
+    """Mixed precision on CUDA; on the CPU (or with `enabled=False`) nothing changes."""
+    dtype = autocast_dtype(device) if enabled else None
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield

@@ -1,0 +1,63 @@
+"""Pseudo-mask evaluation: mIoU against the ground truth of the eval split (ALGORITHM §8).
+
+Input: the manifest (eval split, mask paths), the class names and every pseudo-mask folder;
+output: `eval/pseudo_masks.json` with the mIoU and the per-class IoU (background first).
+Ground-truth 255 is ignored; a prediction of 255 counts as background (IRNet's eval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from qaclims.atomic import atomic_path
+from qaclims.errors import InputError
+from qaclims.images import read_label_map
+from qaclims.labelled import iou_report, label_files
+from qaclims.metrics import IGNORE, ConfusionMeter
+from qaclims.tables import read_class_names, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    *, manifest: Path, classes: Path, masks: list[Path], split: str, out_json: Path
+) -> dict[str, object]:
+    """Score the pseudo masks of every `split` image with a ground-truth mask."""
+    names = ["background", *read_class_names(classes)]
+    rows = read_manifest(manifest, split=split, columns=["image_id", "has_mask", "mask_path"])
+    rows = [r for r in rows.to_pylist() if r["has_mask"]]
+    if not rows:
+        raise InputError(f"{manifest}: no '{split}' images with a ground-truth mask")
+    files = label_files(masks, [r["image_id"] for r in rows], "pseudo mask")
+    meter = ConfusionMeter(len(names))
+    for row, path in zip(rows, files, strict=True):
+        gt = read_label_map(row["mask_path"], len(names) - 1)
+        pred = read_label_map(path, len(names) - 1)
+        if pred.shape != gt.shape:
+            raise InputError(f"{path}: pseudo mask is {pred.shape}, ground truth {gt.shape}")
+        meter.add(np.where(pred == IGNORE, 0, pred), gt)
+    report = iou_report(meter, names, split=split, images=len(rows))
+    with atomic_path(out_json) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    log.info("pseudo-mask mIoU on %s (%d images): %.2f", split, len(rows), 100 * report["miou"])
+    return report
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--classes", type=Path, required=True)
+    p.add_argument("--masks", type=Path, nargs="+", required=True, help="pseudo-mask folders")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out-json", type=Path, required=True)
+
+
+def main(args: argparse.Namespace) -> None:
+    run(
+        manifest=args.manifest, classes=args.classes, masks=args.masks, split=args.split,
+        out_json=args.out_json,
+    )  # fmt: skip

@@ -1,0 +1,135 @@
+"""open_clip text tower: loading by architecture + pretrained tag or file, encoding, tiny variant.
+
+Real runs use `ViT-L-14-quickgelu` with the `openai` tag (ALGORITHM §1: fp32, 77 tokens,
+L2-normalised, D = 768), read from the local cache only. A custom architecture (the demo's
+tiny one) comes with its open_clip config JSON, registered under the file's stem before
+the model is built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+# Read when huggingface_hub is imported (open_clip imports it): a tag missing from the
+# cache then fails at once instead of retrying DNS. A user who set either variable wins.
+if "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import open_clip
+
+from qaclims.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# The smallest open_clip model that loads through the real path (OFFLINE_MODELS.md §3):
+# the 49408-token BPE vocabulary is what every open_clip tokenizer emits.
+TINY_CONFIG = {
+    "embed_dim": 64,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def _looks_like_file(pretrained: str) -> bool:
+    return os.sep in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
+
+
+def register_config(config_json: Path, architecture: str) -> None:
+    """Make a custom architecture known to open_clip (the name is the file's stem)."""
+    if not config_json.is_file():
+        raise InputError(f"{config_json}: open_clip model config (models.clip_config) not found")
+    if config_json.stem != architecture:
+        raise InputError(
+            f"{config_json}: open_clip names a config after its file, so it registers "
+            f"'{config_json.stem}', not the architecture '{architecture}'"
+        )
+    try:
+        json.loads(config_json.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{config_json}: not valid JSON ({err})") from err
+    open_clip.add_model_config(config_json)
+
+
+def load_clip(
+    architecture: str,
+    pretrained: str,
+    device: torch.device,
+    config_json: Path | None = None,
+) -> tuple[torch.nn.Module, open_clip.tokenizer.SimpleTokenizer]:
+    """The open_clip model (eval, fp32, on `device`) and its tokenizer.
+
+    `pretrained` is an open_clip tag (e.g. "openai", from the local cache) or a weights
+    file (.safetensors or a torch state dict, loaded weights-only).
+    """
+    if config_json is not None:
+        register_config(config_json, architecture)
+    if architecture not in open_clip.list_models():
+        raise InputError(
+            f"open_clip architecture '{architecture}' is unknown; give its config JSON "
+            "(models.clip_config) for a custom one"
+        )
+    if _looks_like_file(pretrained):
+        if not Path(pretrained).is_file():
+            raise InputError(f"{pretrained}: CLIP weights file not found")
+    elif pretrained not in open_clip.list_pretrained_tags_by_model(architecture):
+        tags = open_clip.list_pretrained_tags_by_model(architecture)
+        raise InputError(f"'{pretrained}' is not a pretrained tag of {architecture} ({tags})")
+    try:
+        model = open_clip.create_model(
+            architecture, pretrained=pretrained, device=device, require_pretrained=True
+        )
+    except (RuntimeError, OSError, ValueError) as err:
+        raise InputError(
+            f"cannot load CLIP {architecture} weights '{pretrained}' (offline: a tag must be in "
+            f"the local cache, a file a matching state dict) ({err})"
+        ) from err
+    return model.eval(), open_clip.get_tokenizer(architecture)
+
+
+@torch.inference_mode()
+def encode_texts(
+    model: torch.nn.Module,
+    tokenizer: open_clip.tokenizer.SimpleTokenizer,
+    texts: list[str],
+    *,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """N×D float32 L2-normalised text embeddings, in fp32, `batch_size` texts per call."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tokens = tokenizer(texts[i : i + batch_size]).to(device)
+        out.append(model.encode_text(tokens, normalize=True).float().cpu())
+    if not out:
+        return np.zeros((0, embed_dim(model)), np.float32)
+    return torch.cat(out).numpy()
+
+
+def embed_dim(model: torch.nn.Module) -> int:
+    """Width of the joint embedding (the text projection's output)."""
+    return int(model.text_projection.shape[1])
+
+
+def tiny_clip(name: str, weights: Path, *, seed: int) -> torch.nn.Module:
+    """Build a random tiny CLIP registered as `name` and save its weights (safetensors).
+
+    The caller writes TINY_CONFIG to `<name>.json` beside the weights for later loads.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        config_json = Path(tmp) / f"{name}.json"
+        config_json.write_text(json.dumps(TINY_CONFIG))
+        open_clip.add_model_config(config_json)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    return model

@@ -1,0 +1,134 @@
+"""Frozen CLIP image tower, plain or mask-adapted as in OV-Seg (ALGORITHM §4).
+
+Mask prompts E (depth × grid² × width) stand in for the patches outside a region: the
+binary region mask is pooled to patches (a patch is visible if any of its pixels is,
+`ceil(avgpool)`), and right after the patch convolution (before the CLS token, positional
+embedding and ln_pre) the patch tokens become x·m + E[0]·(1 − m); after blocks 1..depth−1
+the patch tokens (not CLS) are blended again with E[1..]. The output is ln_post(CLS)·proj.
+A mask of ones gives exactly the plain tower. This re-implements the forward of open_clip
+3.3.0's `VisionTransformer` on its own submodules, so the same weights serve both modes.
+
+The tower is frozen (no parameter takes gradients, eval mode) but differentiable with
+respect to its input: RITC trains the CAM network through it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from qaclims.errors import InputError
+from qaclims.models.clip_text import load_clip
+
+log = logging.getLogger(__name__)
+
+OVSEG_PREFIX = "clip_adapter.clip_model."
+MASK_EMBEDDING_KEY = "visual.mask_embedding"
+
+
+class MaskCLIPImage(nn.Module):
+    """open_clip `VisionTransformer` with optional mask prompts; frozen, grads reach the input."""
+
+    def __init__(self, visual: nn.Module, mask_prompt_depth: int) -> None:
+        super().__init__()
+        if not hasattr(visual, "conv1") or getattr(visual, "attn_pool", None) is not None:
+            raise InputError("mask-adapted CLIP needs a plain ViT image tower (CLS pooling)")
+        layers = len(visual.transformer.resblocks)
+        if not 0 <= mask_prompt_depth <= layers:
+            raise InputError(f"mask prompt depth {mask_prompt_depth} is not in 0..{layers}")
+        self.visual = visual
+        self.patch = visual.patch_size[0]
+        grid = visual.grid_size[0] * visual.grid_size[1]
+        width = visual.conv1.out_channels
+        self.mask_embedding = nn.Parameter(torch.zeros(mask_prompt_depth, grid, width))
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def image_size(self) -> int:
+        return self.visual.image_size[0]
+
+    @property
+    def output_dim(self) -> int:
+        return self.visual.output_dim
+
+    def train(self, mode: bool = True) -> MaskCLIPImage:
+        """Always eval: the tower is a fixed feature extractor."""
+        return super().train(False)
+
+    def patch_mask(self, mask: Tensor) -> Tensor:
+        """B×1×S×S region mask -> B×grid²×1 binary patch visibility."""
+        pooled = torch.ceil(F.avg_pool2d(mask.float(), self.patch, self.patch))
+        return pooled.flatten(1).unsqueeze(-1)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """B×3×S×S normalised images (and B×1×S×S binary masks) -> B×D embeddings."""
+        v = self.visual
+        tokens = v.conv1(x).flatten(2).transpose(1, 2)
+        depth = self.mask_embedding.shape[0] if mask is not None else 0
+        if depth:
+            m = self.patch_mask(mask).to(tokens.dtype)
+            prompts = self.mask_embedding.to(tokens.dtype)
+            tokens = tokens * m + prompts[0] * (1 - m)
+        cls = v.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
+        h = torch.cat([cls, tokens], dim=1) + v.positional_embedding.to(tokens.dtype)
+        h = v.ln_pre(v.patch_dropout(h))
+        batch_first = getattr(v.transformer, "batch_first", True)
+        for i, block in enumerate(v.transformer.resblocks):
+            h = block(h) if batch_first else block(h.transpose(0, 1)).transpose(0, 1)
+            if i + 1 < depth:
+                patches = h[:, 1:] * m + prompts[i + 1] * (1 - m)
+                h = torch.cat([h[:, :1], patches], dim=1)
+        pooled, _ = v._pool(h)
+        return pooled @ v.proj if v.proj is not None else pooled
+
+
+def load_ovseg(tower: MaskCLIPImage, path: Path) -> None:
+    """Image-tower entries and mask prompts of an OV-Seg checkpoint, loaded non-strict."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: OV-Seg checkpoint (models.ovseg) not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    entries = {k[len(OVSEG_PREFIX) :]: v for k, v in state.items() if k.startswith(OVSEG_PREFIX)}
+    visual = {k[len("visual.") :]: v for k, v in entries.items() if k.startswith("visual.")}
+    prompts = visual.pop("mask_embedding", None)
+    if not visual:
+        raise InputError(f"{path}: no '{OVSEG_PREFIX}visual.*' entries: not an OV-Seg checkpoint")
+    missing, unexpected = tower.visual.load_state_dict(visual, strict=False)
+    if prompts is not None:
+        if prompts.shape[1:] != tower.mask_embedding.shape[1:]:
+            raise InputError(f"{path}: mask prompts {tuple(prompts.shape)} do not fit the tower")
+        depth = min(prompts.shape[0], tower.mask_embedding.shape[0])
+        tower.mask_embedding.data[:depth] = prompts[:depth]
+    log.info(
+        "OV-Seg %s: %d image-tower tensors loaded, %d missing, %d unexpected, mask prompts %s",
+        path,
+        len(visual) - len(unexpected),
+        len(missing),
+        len(unexpected),
+        None if prompts is None else tuple(prompts.shape),
+    )
+
+
+def load_image_tower(
+    architecture: str,
+    pretrained: str,
+    device: torch.device,
+    *,
+    config_json: Path | None = None,
+    ovseg: Path | None = None,
+    mask_prompt_depth: int = 3,
+) -> MaskCLIPImage:
+    """The frozen image tower: open_clip weights, then optionally OV-Seg's on top.
+
+    `mask_prompt_depth` 0 gives the plain tower (masks are then ignored by `forward`).
+    """
+    model, _ = load_clip(architecture, pretrained, torch.device("cpu"), config_json=config_json)
+    tower = MaskCLIPImage(model.visual, mask_prompt_depth)
+    if ovseg is not None:
+        load_ovseg(tower, ovseg)
+    return tower.to(device)

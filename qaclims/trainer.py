@@ -1,0 +1,333 @@
+"""The training loop shared by every trained stage (baseline CAM, RITC, IRN, segmentation).
+
+SGD with the reference's poly schedule and momentum quirk (ALGORITHM §3: the reference
+passes weight decay into SGD's momentum slot, so `momentum` is a config value, 1e-4 by
+default), optional torchrun data parallelism, resumable epoch checkpoints and a run that
+is bit-identical on CPU whether or not it was killed and restarted.
+
+Design choices:
+- `batch_size` is the global batch. Under torchrun each of the N processes takes
+  batch_size // N, so the number of steps and the LR schedule never depend on N.
+- Gradients are averaged across processes by one all-reduce after backward instead of a
+  DistributedDataParallel wrapper: loss functions call model methods other than
+  `forward` (RITC uses `activation_maps`), which DDP's forward hook would not see.
+- Randomness is re-derived at the start of every epoch from (seed, epoch, rank): the global
+  torch/numpy/python generators (augmentation in the main process), the loader generator
+  (shuffling, worker seeds) and the sampler. The checkpoint's seed and epoch therefore fix
+  all random state of the remaining epochs, on any rank and with any number of workers.
+- A checkpoint is only resumed when its fingerprint (the initial weights and the schedule
+  settings) matches the current run, so a changed config or input never resumes stale
+  state from the scratch folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from qaclims.atomic import atomic_path
+from qaclims.devices import autocast, autocast_dtype
+from qaclims.errors import InputError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_GLOB = "epoch-*.pt"
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 63-bit seed for (seed, epoch, rank), independent of Python's hash randomisation."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _seed_everything(value: int) -> None:
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+def _worker_init(worker_id: int) -> None:
+    """Seed numpy and python in a loader worker from its torch seed (set by the loader)."""
+    value = torch.initial_seed()
+    random.seed(value)
+    np.random.seed(value % 2**32)
+
+
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Ordinary BatchNorm -> SyncBatchNorm; subclasses (FixedBatchNorm) are left alone."""
+    if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        sync = nn.SyncBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+        )
+        sync.load_state_dict(module.state_dict())
+        for name in ("weight", "bias"):
+            if module.affine:
+                getattr(sync, name).requires_grad_(getattr(module, name).requires_grad)
+        sync.train(module.training)
+        return sync
+    for name, child in module.named_children():
+        setattr(module, name, _sync_batchnorm(child))
+    return module
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _fingerprint(model: nn.Module, settings: dict[str, Any]) -> str:
+    """Hash of the initial weights and the schedule: what a resumable checkpoint must share."""
+    digest = hashlib.sha256(repr(sorted(settings.items())).encode())
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+def _latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    found = sorted(checkpoint_dir.glob(CHECKPOINT_GLOB))
+    return found[-1] if found else None
+
+
+def _average_gradients(params: list[nn.Parameter], world: int) -> None:
+    """All-reduce the gradients as one flat buffer and divide by the world size (= DDP)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _batches(loader: DataLoader, device: torch.device) -> Iterator[Any]:
+    for batch in loader:
+        yield _to_device(batch, device)
+
+
+def train(
+    *,
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], tuple[Tensor, dict[str, float]]],
+    dataset: Dataset,
+    batch_size: int,
+    epochs: int,
+    workers: int,
+    seed: int,
+    param_groups: list[dict],
+    weight_decay: float,
+    momentum: float,
+    poly_power: float = 0.9,
+    checkpoint_dir: Path,
+    out_path: Path,
+    device: torch.device,
+    amp: bool = True,
+    collate_fn: Callable | None = None,
+    log_every: int = 10,
+) -> dict[str, float]:
+    """Train `model` with poly-LR SGD; resume from `checkpoint_dir`; save weights to `out_path`.
+
+    `loss_fn(model, batch)` gets the collated batch already on `device` and returns the
+    loss and its named terms (floats, for the log). `param_groups` are SGD groups whose
+    "lr" is the initial LR of the poly schedule. Returns the number of steps, the mean
+    loss terms of the last epoch, the wall time and the throughput.
+    """
+    rank, world = _distributed(device)
+    if batch_size % world:
+        raise InputError(f"global batch {batch_size} is not divisible by {world} processes")
+    steps_per_epoch = len(dataset) // batch_size
+    if steps_per_epoch == 0:
+        raise InputError(f"{len(dataset)} training images are fewer than one batch ({batch_size})")
+    max_step = steps_per_epoch * epochs
+    checkpoint_dir = Path(checkpoint_dir)
+    settings = {
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "seed": seed,
+        "n": len(dataset),
+        "lrs": [g["lr"] for g in param_groups],
+        "weight_decay": weight_decay,
+        "momentum": momentum,
+        "poly_power": poly_power,
+    }
+    fingerprint = _fingerprint(model, settings)
+    # bf16 only: fp16 would need loss scaling, which none of the reference setups use.
+    amp_on = amp and autocast_dtype(device) == torch.bfloat16
+
+    model.to(device)
+    if world > 1 and device.type == "cuda":
+        model = _sync_batchnorm(model)
+    elif world > 1 and any(type(m) is nn.BatchNorm2d for m in model.modules()):
+        log.warning("SyncBatchNorm needs CUDA: BatchNorm statistics stay per process on CPU")
+    groups = [{**g, "initial_lr": g["lr"]} for g in param_groups]
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.SGD(
+        groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=weight_decay
+    )
+
+    step, start_epoch = 0, 0
+    latest = _latest_checkpoint(checkpoint_dir)
+    if latest is not None:
+        state = torch.load(latest, map_location=device, weights_only=True)
+        if state["fingerprint"] == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            step, start_epoch = state["step"], state["epoch"]
+            log.info("resumed from %s (epoch %d, step %d)", latest, start_epoch, step)
+        else:
+            log.warning("ignoring %s: it belongs to another run (weights or settings)", latest)
+    if world > 1:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, 0)
+
+    per_rank = batch_size // world
+    sampler = (
+        DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        if world > 1
+        else None
+    )
+    log.info(
+        "training %d epochs x %d steps (global batch %d = %d x %d processes) on %s",
+        epochs,
+        steps_per_epoch,
+        batch_size,
+        per_rank,
+        world,
+        device,
+    )
+    started = time.perf_counter()
+    seen = 0
+    epoch_terms: dict[str, float] = {}
+    for epoch in range(start_epoch, epochs):
+        _seed_everything(_epoch_seed(seed, epoch, rank))
+        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = DataLoader(
+            dataset,
+            batch_size=per_rank,
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_fn,
+            drop_last=True,
+            generator=generator,
+            worker_init_fn=_worker_init,
+            pin_memory=device.type == "cuda",
+        )
+        model.train()
+        sums: dict[str, float] = {}
+        window: dict[str, float] = {}
+        window_start, window_steps = time.perf_counter(), 0
+        for i, batch in enumerate(_batches(loader, device)):
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * (1 - step / max_step) ** poly_power
+            with autocast(device, enabled=amp_on):
+                loss, terms = loss_fn(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if world > 1:
+                _average_gradients(params, world)
+            optimizer.step()
+            step += 1
+            seen += batch_size
+            window_steps += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+                window[k] = window.get(k, 0.0) + v
+            if rank == 0 and (window_steps == log_every or i + 1 == steps_per_epoch):
+                elapsed = time.perf_counter() - window_start
+                rate = window_steps * batch_size / max(elapsed, 1e-9)
+                eta = (max_step - step) * batch_size / rate
+                parts = " ".join(f"{k} {v / window_steps:.4f}" for k, v in window.items())
+                log.info(
+                    "epoch %d/%d step %d/%d %s lr %.3g | %.1f img/s, ETA %.0f s",
+                    epoch + 1,
+                    epochs,
+                    step,
+                    max_step,
+                    parts,
+                    optimizer.param_groups[0]["lr"],
+                    rate,
+                    eta,
+                )
+                window, window_start, window_steps = {}, time.perf_counter(), 0
+        epoch_terms = {k: v / steps_per_epoch for k, v in sums.items()}
+        if rank == 0:
+            _save_checkpoint(checkpoint_dir, model, optimizer, step, epoch + 1, seed, fingerprint)
+        if world > 1:
+            dist.barrier()
+
+    if rank == 0:
+        with atomic_path(out_path) as tmp:
+            torch.save(model.state_dict(), tmp)
+        log.info("saved %s", out_path)
+    seconds = time.perf_counter() - started
+    return {
+        "steps": float(step),
+        "epochs": float(epochs),
+        "seconds": seconds,
+        "images_per_s": seen / max(seconds, 1e-9),
+        **epoch_terms,
+    }
+
+
+def _save_checkpoint(
+    checkpoint_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    epoch: int,
+    seed: int,
+    fingerprint: str,
+) -> None:
+    """Write epoch-NNNN.pt atomically, then drop older ones (they are never read again)."""
+    path = checkpoint_dir / f"epoch-{epoch:04d}.pt"
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "epoch": epoch,
+        "seed": seed,
+        "fingerprint": fingerprint,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    for old in checkpoint_dir.glob(CHECKPOINT_GLOB):
+        if old != path:
+            old.unlink(missing_ok=True)

@@ -1,0 +1,243 @@
+"""QAPE VQA stage: exact batched answering, model loading errors, lemmas, a shard end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qaclims import demo_models, manifest, qape
+from qaclims.datasets import demo
+from qaclims.errors import InputError
+from qaclims.models import blip
+from qaclims.tables import QAPE_SCHEMA, read_manifest, read_table
+
+FG = ["What kind of {} is in the photo?", "What is another name for this {}?"]
+BG = ["what is above the {}?", "what is the left side of {}?", "what place is the {} in?"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: intra-op threads only add overhead (10x slower on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_vqa(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "blip-vqa-tiny"
+    blip.tiny_vqa(folder, demo_models.vocabulary(FG + BG), seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_vqa: Path):
+    return blip.load_vqa(str(tiny_vqa), torch.device("cpu"))
+
+
+@pytest.fixture
+def shard_data(tmp_path: Path) -> dict[str, Path]:
+    """Three demo train images in one shard, with manifest and class table."""
+    root = tmp_path / "demo"
+    demo.generate(root, seed=1, train_images=3, val_images=1, image_size=64)
+    out = {"manifest": tmp_path / "manifest.parquet", "classes": tmp_path / "classes.parquet"}
+    manifest.run("demo", root, out["manifest"], out["classes"], shards=1, workers=1)
+    return out
+
+
+def _run_shard(data: dict[str, Path], model: Path, out: Path, **kw) -> dict:
+    return qape.run(
+        data["manifest"],
+        data["classes"],
+        out / "fg.parquet",
+        out / "bg.parquet",
+        shard=0,
+        split="train_aug",
+        model=str(model),
+        fg_questions=FG,
+        bg_questions=BG,
+        image_size=kw.pop("image_size", 96),
+        **{"workers": 0, "batch_images": 2, **kw},
+    )
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_batched_answers_equal_separate_generate_calls(loaded, num_beams: int) -> None:
+    model, processor = loaded
+    questions = [q.format("ring") for q in FG + BG] + ["what is it?"]  # 6 lengths
+    ids = blip.question_ids(processor.tokenizer, questions, enc_token=True, max_tokens=35)
+    assert len({len(q) for q in ids}) > 2  # the batch really is padded
+    pixels = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    per_image = [ids, ids[3:5]]
+    decoding = blip.Decoding(num_beams=num_beams, max_length=10, min_length=1)
+    batched = blip.answer_ids(model, pixels, per_image, decoding)
+    separate = [
+        [
+            blip.strip_answer(
+                model.generate(
+                    input_ids=torch.tensor([q]),
+                    pixel_values=pixels[b : b + 1],
+                    num_beams=num_beams,
+                    max_length=10,
+                    min_length=1,
+                )[0].tolist(),
+                model.config.text_config,
+            )
+            for q in qs
+        ]
+        for b, qs in enumerate(per_image)
+    ]
+    assert batched == separate
+    assert len({tuple(a) for a in batched[0]}) > 1  # answers vary across questions
+
+
+def test_cross_attention_mask_fix_hides_question_padding(loaded) -> None:
+    """Decoder logits of a padded question equal those of the unpadded one."""
+    model, processor = loaded
+    ids = blip.question_ids(processor.tokenizer, ["what is it?"], enc_token=True, max_tokens=35)[0]
+    embeds = torch.randn(1, len(ids) + 4, model.config.text_config.hidden_size)
+    bos = torch.tensor([[model.decoder_start_token_id]])
+    mask = torch.ones(1, len(ids) + 4, dtype=torch.long)
+    mask[0, len(ids) :] = 0
+    with torch.inference_mode():
+        short = model.text_decoder(
+            input_ids=bos,
+            encoder_hidden_states=embeds[:, : len(ids)],
+            encoder_attention_mask=mask[:, : len(ids)],
+        ).logits
+        padded = model.text_decoder(
+            input_ids=bos, encoder_hidden_states=embeds, encoder_attention_mask=mask
+        ).logits
+    torch.testing.assert_close(short, padded)
+
+
+def test_question_ids_start_with_enc_only_when_asked(loaded) -> None:
+    tokenizer = loaded[1].tokenizer
+    with_enc = blip.question_ids(tokenizer, ["what is it?"], enc_token=True, max_tokens=35)
+    plain = blip.question_ids(tokenizer, ["what is it?"], enc_token=False, max_tokens=35)
+    assert with_enc[0][0] == tokenizer.convert_tokens_to_ids(blip.ENC_TOKEN)
+    assert plain[0][0] == tokenizer.cls_token_id
+    assert with_enc[0][1:] == plain[0][1:]
+    long = blip.question_ids(tokenizer, ["what " * 50], enc_token=True, max_tokens=35)
+    assert len(long[0]) == 35
+
+
+def test_lemmatizer_keeps_nltk_contract() -> None:
+    lemma = qape.make_lemmatizer("lemminflect")
+    assert lemma("dogs") == "dog"
+    assert lemma("boxes") == "box"
+    assert lemma("grass") == "grass"
+    assert lemma("two dogs") == "two dogs"  # a space: unchanged, as NLTK's WordNet lemmatiser
+    assert lemma("") == ""
+
+
+def test_wordnet_lemmatizer_needs_its_folder(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"nltk|WordNet folder"):
+        qape.make_lemmatizer("wordnet", tmp_path / "no-wordnet")
+
+
+def test_missing_model_folder_names_it(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=str(tmp_path / "nope")):
+        blip.load_vqa(str(tmp_path / "nope"), torch.device("cpu"))
+
+
+def test_model_folder_lacking_weights_names_file(tiny_vqa: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_vqa.iterdir():
+        if f.name != "model.safetensors":
+            (broken / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(InputError, match=rf"{broken}.*model\.safetensors"):
+        blip.load_vqa(str(broken), torch.device("cpu"))
+
+
+def test_uncached_hub_id_fails_fast_with_message() -> None:
+    with pytest.raises(InputError, match="not in the local Hugging Face cache"):
+        blip.load_vqa("qaclims-test/no-such-model", torch.device("cpu"))
+
+
+def test_shard_end_to_end(shard_data, tiny_vqa: Path, tmp_path: Path) -> None:
+    summary = _run_shard(shard_data, tiny_vqa, tmp_path / "out", num_beams=3, max_length=4)
+    fg = read_table(tmp_path / "out/fg.parquet", QAPE_SCHEMA)
+    bg = read_table(tmp_path / "out/bg.parquet", QAPE_SCHEMA)
+    assert summary["images"] == 3
+    assert fg.num_rows == summary["pairs"] * len(FG) > 0
+    assert bg.num_rows == summary["pairs"] * len(BG)
+    assert fg.schema.metadata[b"qaclims.vqa_model"] == str(tiny_vqa).encode()
+    rows = bg.to_pylist()
+    assert {r["question_id"] for r in rows} == set(range(len(BG)))
+    assert all(r["question"] == BG[r["question_id"]].format(r["class_name"]) for r in rows)
+    assert all(r["lemma"] == qape.make_lemmatizer("lemminflect")(r["answer"]) for r in rows)
+    assert len({r["answer"] for r in rows}) > 1
+    assert not (tmp_path / "out/.fg.partial").exists()
+    # larger images than the model's: interpolated position encoding, same row layout
+    big = _run_shard(shard_data, tiny_vqa, tmp_path / "big", image_size=128, max_length=3)
+    assert big["questions"] == summary["questions"]
+
+
+def test_killed_shard_resumes_to_the_same_files(
+    shard_data, tiny_vqa: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run_shard(shard_data, tiny_vqa, tmp_path / "clean", chunk_images=1, max_length=4)
+    save = qape._save_chunk
+    calls = []
+
+    def save_then_die(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        save(*args, **kwargs)
+
+    monkeypatch.setattr(qape, "_save_chunk", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run_shard(shard_data, tiny_vqa, tmp_path / "killed", chunk_images=1, max_length=4)
+    assert not (tmp_path / "killed/fg.parquet").exists()
+    monkeypatch.setattr(qape, "_save_chunk", save)
+    summary = _run_shard(shard_data, tiny_vqa, tmp_path / "killed", chunk_images=1, max_length=4)
+    assert summary["reused_chunks"] == 1
+    for kind in ("fg", "bg"):
+        a = read_table(tmp_path / f"clean/{kind}.parquet", QAPE_SCHEMA)
+        b = read_table(tmp_path / f"killed/{kind}.parquet", QAPE_SCHEMA)
+        assert a.equals(b)
+
+
+def test_corrupt_image_names_the_image(shard_data, tiny_vqa: Path, tmp_path: Path) -> None:
+    bad = Path(read_manifest(shard_data["manifest"], split="train_aug").column("path")[1].as_py())
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(InputError, match=str(bad)):
+        _run_shard(shard_data, tiny_vqa, tmp_path / "out", workers=1)
+
+
+def test_bad_question_template_is_rejected(shard_data, tiny_vqa: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="exactly once"):
+        qape.run(
+            shard_data["manifest"],
+            shard_data["classes"],
+            tmp_path / "fg.parquet",
+            tmp_path / "bg.parquet",
+            shard=0,
+            split="train_aug",
+            model=str(tiny_vqa),
+            fg_questions=["what is this?"],
+            bg_questions=BG,
+            image_size=96,
+        )
+
+
+def test_demo_models_are_deterministic(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        demo_models.run(
+            tmp_path / name / "vqa",
+            tmp_path / name / "clip-tiny.safetensors",
+            tmp_path / name / "clip-tiny.json",
+            texts=FG + BG,
+            seed=0,
+        )
+    for rel in ("vqa/model.safetensors", "vqa/tokenizer.json", "clip-tiny.safetensors"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    _, processor = blip.load_vqa(str(tmp_path / "a/vqa"), torch.device("cpu"))
+    tokens = processor.tokenizer.tokenize(" ".join(q.format("crate") for q in FG + BG))
+    assert processor.tokenizer.unk_token not in tokens

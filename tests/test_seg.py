@@ -1,0 +1,66 @@
+"""Segmentation: DeepLabV3 trains on pseudo masks and writes a valid evaluation report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_irn import write_dataset  # tests/ is on sys.path under pytest's default import mode
+
+from qaclims import eval_masks, summary, train_seg
+from qaclims.images import save_label_png
+from qaclims.models.seg_net import build_seg_net, load_seg_net
+
+
+def test_deeplab_output_matches_input_size():
+    model = build_seg_net(4, depth=18).eval()
+    assert model(torch.rand(1, 3, 37, 50))["out"].shape == (1, 4, 37, 50)
+
+
+def test_train_seg_and_eval_write_valid_reports(tmp_path):
+    manifest, classes, labels = write_dataset(tmp_path, [(40, 36), (30, 44), (36, 40)], "train", 2)
+    report = train_seg.run(
+        manifest=manifest, classes=classes, masks=[labels], out=tmp_path / "seg.pt",
+        out_json=tmp_path / "seg.json", checkpoint_dir=tmp_path / "ck", train_split="train",
+        eval_split="train", depth=18, weights=None, crop_size=32, scale_range=(0.75, 1.25),
+        batch_size=2, epochs=2, lr=0.01, head_lr=0.1, weight_decay=5e-4, momentum=0.9,
+        poly_power=0.9, seed=0,
+    )  # fmt: skip
+    stored = json.loads((tmp_path / "seg.json").read_text())
+    assert stored["miou"] == report["miou"] and 0.0 <= stored["miou"] <= 1.0
+    assert list(stored["per_class_iou"]) == ["background", "class0", "class1"]
+    assert stored["images"] == 3 and stored["training"]["steps"] == 2
+    assert math.isfinite(stored["training"]["loss"])
+    load_seg_net(tmp_path / "seg.pt", 3, depth=18)
+
+    # the label maps scored as pseudo masks against themselves: a perfect score
+    masks = eval_masks.run(
+        manifest=manifest, classes=classes, masks=[labels], split="train",
+        out_json=tmp_path / "masks.json",
+    )  # fmt: skip
+    assert masks["miou"] == pytest.approx(1.0)
+    (tmp_path / "cam.json").write_text(json.dumps({"split": "train", "images": 3, "miou": 0.25}))
+    table = summary.run(
+        cam=tmp_path / "cam.json", pseudo_masks=tmp_path / "masks.json",
+        seg=tmp_path / "seg.json", out=tmp_path / "summary.md",
+    )  # fmt: skip
+    assert table == {"CAM": 0.25, "pseudo mask": 1.0, "segmentation": stored["miou"]}
+    assert "| CAM | train | 3 | 25.00 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_eval_masks_counts_ignore_predictions_as_background(tmp_path):
+    manifest, classes, labels = write_dataset(tmp_path, [(20, 24)], "train", 2)
+    gt = np.asarray(Image.open(labels / "im0.png"))
+    pred = np.where(gt == 255, 255, gt).astype(np.uint8)
+    pred[gt == 0] = 255  # every background pixel predicted "ignore"
+    out = tmp_path / "pred"
+    out.mkdir()
+    save_label_png(pred, out / "im0.png")
+    report = eval_masks.run(
+        manifest=manifest, classes=classes, masks=[out], split="train", out_json=tmp_path / "m.json"
+    )
+    assert report["miou"] == pytest.approx(1.0)

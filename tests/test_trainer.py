@@ -1,0 +1,150 @@
+"""The shared training loop: poly LR, momentum quirk, bit-identical resume, 2-process path."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import Dataset
+
+from qaclims import trainer
+from qaclims.errors import InputError
+
+
+class NoisyPoints(Dataset):
+    """Fixed points plus noise drawn from torch's global RNG (like augmentation)."""
+
+    def __init__(self, n: int = 12, noise: float = 0.1) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = (self.x.sum(1, keepdim=True) > 0).float()
+        self.noise = noise
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i] + self.noise * torch.randn(4), "y": self.y[i]}
+
+
+def _model(bn: bool = True) -> nn.Module:
+    torch.manual_seed(1)
+    layers = [nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1)]
+    return nn.Sequential(*(layers if bn else [layers[0], layers[2], layers[3]]))
+
+
+def _loss(model: nn.Module, batch: dict[str, torch.Tensor]):
+    loss = nn.functional.binary_cross_entropy_with_logits(model(batch["x"]), batch["y"])
+    return loss, {"bce": loss.item()}
+
+
+def _train(tmp: Path, model: nn.Module, loss_fn=_loss, **kw) -> dict[str, float]:
+    args = dict(
+        dataset=NoisyPoints(),
+        batch_size=4,
+        epochs=2,
+        workers=0,
+        seed=3,
+        weight_decay=1e-4,
+        momentum=1e-4,
+        checkpoint_dir=tmp / "ck",
+        out_path=tmp / "out.pt",
+        device=torch.device("cpu"),
+        log_every=1,
+    )
+    args.update(kw)
+    groups = [
+        {"params": list(model[0].parameters()), "lr": 0.1},
+        {"params": list(model[-1].parameters()), "lr": 1.0},
+    ]
+    return trainer.train(model=model, loss_fn=loss_fn, param_groups=groups, **args)
+
+
+def test_poly_lr_before_each_step_and_momentum_quirk(tmp_path, monkeypatch):
+    seen = []
+    step = torch.optim.SGD.step
+
+    def record(self, *a, **k):
+        seen.append([(g["lr"], g["momentum"], g["weight_decay"]) for g in self.param_groups])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", record)
+    summary = _train(tmp_path, _model(), poly_power=0.9)
+    assert summary["steps"] == 6  # 12 // 4 × 2 epochs
+    for t, groups in enumerate(seen):
+        for (lr, momentum, wd), lr0 in zip(groups, (0.1, 1.0), strict=True):
+            assert lr == pytest.approx(lr0 * (1 - t / 6) ** 0.9)
+            assert (momentum, wd) == (1e-4, 1e-4)
+    assert (tmp_path / "out.pt").is_file() and (tmp_path / "ck" / "epoch-0002.pt").is_file()
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_killed_and_restarted_run_is_bit_identical(tmp_path, workers):
+    _train(tmp_path / "full", _model(), workers=workers)
+    calls = []
+
+    def dies_in_epoch_two(model, batch):
+        calls.append(1)
+        if len(calls) == 4:  # first step of epoch 2 (3 steps per epoch)
+            raise Killed
+        return _loss(model, batch)
+
+    with pytest.raises(Killed):
+        _train(tmp_path / "cut", _model(), loss_fn=dies_in_epoch_two, workers=workers)
+    assert not (tmp_path / "cut" / "out.pt").exists()
+    summary = _train(tmp_path / "cut", _model(), workers=workers)
+    assert summary["steps"] == 6
+    full = torch.load(tmp_path / "full" / "out.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "out.pt", weights_only=True)
+    assert full.keys() == cut.keys()
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    assert not torch.equal(full["0.weight"], _model()[0].weight.detach())
+
+
+def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    _train(tmp_path / "a", _model(), epochs=1, seed=5)
+    _train(tmp_path / "b", _model(), epochs=1, seed=3)
+    (tmp_path / "b" / "ck" / "epoch-0001.pt").replace(tmp_path / "a" / "ck" / "epoch-0001.pt")
+    summary = _train(tmp_path / "a", _model(), epochs=1, seed=5)
+    assert summary["steps"] == 3  # trained from scratch, not resumed at the end
+
+
+def test_fewer_images_than_one_batch_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="fewer than one batch"):
+        _train(tmp_path, _model(), batch_size=16)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, tmp: str, port: int) -> None:
+    os.environ.update(
+        WORLD_SIZE="2", RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    _train(Path(tmp), _model(bn=False), dataset=NoisyPoints(noise=0.0), batch_size=12, epochs=3)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one(tmp_path):
+    """Full-batch steps: the averaged gradient of 2 × 6 images equals that of 12 images."""
+    mp.spawn(_rank_main, args=(str(tmp_path / "ddp"), _free_port()), nprocs=2, join=True)
+    _train(
+        tmp_path / "one", _model(bn=False), dataset=NoisyPoints(noise=0.0), batch_size=12, epochs=3
+    )
+    ddp = torch.load(tmp_path / "ddp" / "out.pt", weights_only=True)
+    one = torch.load(tmp_path / "one" / "out.pt", weights_only=True)
+    assert all(torch.allclose(ddp[k], one[k], atol=1e-6) for k in one)
+    assert not torch.allclose(one["0.weight"], _model(bn=False)[0].weight.detach())
