@@ -40,12 +40,15 @@ def _unknown_keys(value: Any, schema: dict[str, Any], prefix: str = "") -> list[
     return unknown
 
 
-def _has_path(value: Any, path: list[str]) -> bool:
+_MISSING = object()
+
+
+def _get(value: Any, path: list[str]) -> Any:
     for key in path:
         if not isinstance(value, dict) or key not in value:
-            return False
+            return _MISSING
         value = value[key]
-    return True
+    return value
 
 
 def _load(path: str | os.PathLike) -> dict[str, Any]:
@@ -83,6 +86,10 @@ def check_config(config: dict[str, Any], files: Iterable[str | os.PathLike] = ()
         err = errors[0]
         path = [str(p) for p in err.absolute_path]
         key = ".".join(path) or "<top level>"
-        setters = [f for f in files if path and _has_path(raw[f], path)]
-        source = setters[-1] if setters else (files[-1] if files else CLI_SOURCE)
+        setters = [f for f in files if path and _get(raw[f], path) is not _MISSING]
+        source = CLI_SOURCE
+        if setters and _get(raw[setters[-1]], path) == _get(config, path):
+            source = setters[-1]
+        elif not path and files:
+            source = files[-1]
         raise InputError(f"{source}: config key '{key}': {err.message}")

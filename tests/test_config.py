@@ -73,3 +73,10 @@ def test_missing_required_key_is_rejected():
     del config["dataset"]["root"]
     with pytest.raises(InputError, match="'root' is a required property"):
         check_config(config, [])
+
+
+def test_wrong_type_from_command_line_is_not_blamed_on_a_file():
+    config = _load(ROOT / "config.yaml")
+    config["dataset"]["shards"] = "8"
+    with pytest.raises(InputError, match=r"^the command line.*'dataset\.shards'"):
+        check_config(config, [ROOT / "config.yaml"])
