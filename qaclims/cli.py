@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 STAGES: dict[str, str] = {
-    "demo-data": "qaclims.datasets.demo",
+    "demo_data": "qaclims.datasets.demo",
     "manifest": "qaclims.manifest",
     "demo_models": "qaclims.demo_models",
     "qape": "qaclims.qape",
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     from qaclims.errors import InputError
 
+    # SIGTERM (Snakemake cancelling a job, SLURM's scancel) unwinds like an exception, so
+    # the atomic writers remove their temporary files instead of leaving them behind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         args._module.main(args)
     except InputError as err:

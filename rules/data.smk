@@ -21,7 +21,7 @@ if IS_DEMO:
             size=config["demo"]["image_size"],
             code=code_digest("qaclims.datasets.demo"),
         shell:
-            "python -m qaclims demo-data --out {output} --seed {params.seed}"
+            "python -m qaclims demo_data --out {output} --seed {params.seed}"
             " --train-images {params.train} --val-images {params.val}"
             " --image-size {params.size} > {log} 2>&1"
 
