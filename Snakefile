@@ -14,6 +14,9 @@ wildcard_constraints:
 include: "rules/data.smk"
 include: "rules/qape.smk"
 include: "rules/text.smk"
+include: "rules/ritc.smk"
+include: "rules/cam.smk"
+include: "rules/crf.smk"
 include: "rules/irn.smk"
 include: "rules/seg.smk"
 

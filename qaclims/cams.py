@@ -149,8 +149,6 @@ def run(
     if storage not in STORAGES:
         raise InputError(f"CAM storage '{storage}' is not one of {STORAGES}")
     device = pick_device()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, workers))
     log.info("cams: shard %d of %s, scales %s, device %s", shard, split, list(scales), device)
     num_classes = len(read_class_names(classes))
     table = read_manifest(
@@ -211,6 +209,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(max(1, args.workers))
     run(
         manifest=args.manifest,
         classes=args.classes,

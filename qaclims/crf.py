@@ -172,9 +172,9 @@ def run(
         "images": len(tasks),
         "seconds": round(seconds, 2),
         "images_per_s": round(len(tasks) / max(seconds, 1e-9), 3),
-        "background_fraction": round(counts[0] / total, 4),
-        "foreground_fraction": round(counts[1] / total, 4),
-        "ignore_fraction": round(counts[2] / total, 4),
+        "background_fraction": round(float(counts[0]) / total, 4),
+        "foreground_fraction": round(float(counts[1]) / total, 4),
+        "ignore_fraction": round(float(counts[2]) / total, 4),
     }
     log.info("crf: %s", summary)
     return summary

@@ -8,12 +8,9 @@ CPU (CPU autocast changes results and is slower on the machines we run on).
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 
 import torch
-
-log = logging.getLogger(__name__)
 
 
 def pick_device() -> torch.device:
@@ -39,3 +36,12 @@ def autocast(device: torch.device, enabled: bool = True) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+def limit_cpu_threads(threads: int | None) -> None:
+    """Use at most `threads` intra-op threads (the job's share of the cores; None: torch's).
+
+    Several jobs each using every core slow each other down many times over.
+    """
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))

@@ -152,6 +152,11 @@ def run(
                             f"{row['mask_path']}: mask is {gt.shape}, the CAMs of {image_id} "
                             f"in {path} are {rec.high_res.shape[1:]}"
                         )
+                    if len(rec.keys) and rec.keys.max() >= n - 1:
+                        raise InputError(
+                            f"{path}: image {image_id}: class id {rec.keys.max()} outside "
+                            f"the {n - 1} classes of {classes}"
+                        )
                     meter.add(rec.high_res, rec.keys, gt)
                     if image_id in drawn:
                         pred = cam_prediction(rec.high_res, rec.keys, bg_threshold)

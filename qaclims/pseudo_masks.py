@@ -123,12 +123,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=10.0)
     p.add_argument("--exp-times", type=int, default=8)
     p.add_argument("--bg-threshold", type=float, default=0.2)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     summary = run(
         manifest=args.manifest, cams=args.cams, irn=args.irn, out_dir=args.out,
         depth=args.depth, radius=args.radius, beta=args.beta, exp_times=args.exp_times,

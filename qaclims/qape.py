@@ -13,13 +13,15 @@ rerun after a kill redoes only the unfinished chunks and writes the same files.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from qaclims.devices import autocast, pick_device
+from qaclims.devices import autocast, limit_cpu_threads, pick_device
 from qaclims.errors import InputError
 from qaclims.images import read_rgb
 from qaclims.models import blip
@@ -37,6 +39,7 @@ from qaclims.tables import QAPE_SCHEMA, read_class_names, read_manifest, read_ta
 log = logging.getLogger(__name__)
 
 LEMMATIZERS = ("lemminflect", "wordnet")
+KINDS = ("fg", "bg")
 MODEL_KEY = "qaclims.vqa_model"
 
 
@@ -49,6 +52,7 @@ def make_lemmatizer(kind: str, wordnet_dir: Path | None = None) -> Callable[[str
     if kind == "lemminflect":
         import lemminflect
 
+        @functools.lru_cache(maxsize=1 << 16)
         def lemma(answer: str) -> str:
             if not answer or " " in answer:
                 return answer
@@ -101,12 +105,6 @@ def _chunk_key(settings: dict, rows: list[dict]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _batches(chunks: list[list[int]], size: int) -> Iterator[list[int]]:
-    for chunk in chunks:
-        for i in range(0, len(chunk), size):
-            yield chunk[i : i + size]
-
-
 def run(
     manifest: Path,
     classes: Path,
@@ -129,6 +127,7 @@ def run(
     batch_images: int = 8,
     chunk_images: int = 256,
     workers: int = 2,
+    threads: int | None = None,
     partial_dir: Path | None = None,
 ) -> dict[str, float]:
     """Write the FG and BG answer tables of one shard; returns counts and seconds."""
@@ -136,9 +135,11 @@ def run(
         if template.count("{}") != 1:
             raise InputError(f"question template '{template}' must contain '{{}}' exactly once")
     lemma_of = make_lemmatizer(lemmatizer, wordnet_dir)
+    # the job's cores are shared between the decoding workers and the model
+    limit_cpu_threads(None if threads is None else max(1, threads - workers))
     names = read_class_names(classes)
     rows = read_manifest(manifest, split=split, shard=shard, columns=["image_id", "path", "labels"])
-    rows = rows.to_pylist()
+    rows = [r for r in rows.to_pylist() if r["labels"]]  # an image with no class asks nothing
     for row in rows:
         bad = [c for c in row["labels"] if not 0 <= c < len(names)]
         if bad:
@@ -162,45 +163,52 @@ def run(
     }
     partial_dir = partial_dir or fg_out.parent / f".{fg_out.stem}.partial"
     chunks = [rows[i : i + chunk_images] for i in range(0, len(rows), chunk_images)]
-    names_of = [f"chunk-{i:05d}-{_chunk_key(settings, c)}" for i, c in enumerate(chunks)]
+    stems = [partial_dir / f"chunk-{i:05d}-{_chunk_key(settings, c)}" for i, c in enumerate(chunks)]
     pending = [
-        i
-        for i, name in enumerate(names_of)
-        if not all((partial_dir / f"{name}.{kind}.parquet").is_file() for kind in ("fg", "bg"))
+        i for i, stem in enumerate(stems) if not all(_part(stem, k).is_file() for k in KINDS)
     ]
     log.info(
-        "qape shard %d: %d images in %d chunks, %d to do; model %s",
-        shard,
-        len(rows),
-        len(chunks),
-        len(pending),
-        model,
+        "qape shard %d: %d images, %d chunks, %d to do", shard, len(rows), len(chunks), len(pending)
     )
     start = time.perf_counter()
     if pending:
-        _answer_chunks(
-            [chunks[i] for i in pending],
-            [names_of[i] for i in pending],
-            partial_dir,
-            model=model,
-            names=names,
-            fg_questions=fg_questions,
-            bg_questions=bg_questions,
-            image_size=image_size,
-            decoding=decoding,
-            enc_token=enc_token,
-            max_question_tokens=max_question_tokens,
-            lemma_of=lemma_of,
-            batch_images=batch_images,
-            workers=workers,
-            done=len(rows) - sum(len(chunks[i]) for i in pending),
-            total=len(rows),
+        device = pick_device()
+        vqa, processor = blip.load_vqa(model, device)
+        log.info("VQA on %s, %s, %d px, %d workers", device, decoding, image_size, workers)
+        templates = [*fg_questions, *bg_questions]
+        texts = {c: [t.format(name) for t in templates] for c, name in enumerate(names)}
+        questions = _Questions(
+            texts=texts,
+            ids={
+                c: blip.question_ids(
+                    processor.tokenizer, qs, enc_token=enc_token, max_tokens=max_question_tokens
+                )
+                for c, qs in texts.items()
+            },
+            n_fg=len(fg_questions),
         )
-    metadata = {MODEL_KEY: model}
-    for kind, out in (("fg", fg_out), ("bg", bg_out)):
-        parts = [read_table(partial_dir / f"{n}.{kind}.parquet", QAPE_SCHEMA) for n in names_of]
+        done = len(rows) - sum(len(chunks[i]) for i in pending)
+        with tqdm(
+            total=len(rows), initial=done, mininterval=30, file=sys.stderr, unit="img"
+        ) as bar:
+            _answer_chunks(
+                [chunks[i] for i in pending],
+                [stems[i] for i in pending],
+                vqa,
+                processor,
+                questions,
+                names=names,
+                image_size=image_size,
+                decoding=decoding,
+                lemma_of=lemma_of,
+                batch_images=batch_images,
+                workers=workers,
+                bar=bar,
+            )
+    for kind, out in zip(KINDS, (fg_out, bg_out), strict=True):
+        parts = [read_table(_part(stem, kind), QAPE_SCHEMA) for stem in stems]
         table = pa.concat_tables(parts) if parts else QAPE_SCHEMA.empty_table()
-        write_table(table, out, QAPE_SCHEMA, metadata)
+        write_table(table, out, QAPE_SCHEMA, {MODEL_KEY: model})
     shutil.rmtree(partial_dir, ignore_errors=True)
     pairs = sum(len(r["labels"]) for r in rows)
     summary = {
@@ -214,41 +222,44 @@ def run(
     return summary
 
 
+@dataclass(frozen=True)
+class _Questions:
+    """The questions about each class id, FG ones first, as text and as token ids."""
+
+    texts: dict[int, list[str]]
+    ids: dict[int, list[list[int]]]
+    n_fg: int
+
+
+def _part(stem: Path, kind: str) -> Path:
+    return stem.with_name(f"{stem.name}.{kind}.parquet")
+
+
 def _answer_chunks(
     chunks: list[list[dict]],
-    chunk_names: list[str],
-    partial_dir: Path,
+    stems: list[Path],
+    vqa: blip.BlipForQuestionAnswering,
+    processor: blip.BlipProcessor,
+    questions: _Questions,
     *,
-    model: str,
     names: list[str],
-    fg_questions: list[str],
-    bg_questions: list[str],
     image_size: int,
     decoding: blip.Decoding,
-    enc_token: bool,
-    max_question_tokens: int,
     lemma_of: Callable[[str], str],
     batch_images: int,
     workers: int,
-    done: int,
-    total: int,
+    bar: tqdm,
 ) -> None:
-    """Answer every question of the given chunks, saving each chunk as soon as it is done."""
-    device = pick_device()
-    vqa, processor = blip.load_vqa(model, device)
-    log.info("VQA model %s on %s, decoding %s, %d px", model, device, decoding, image_size)
-    tokenizer = processor.tokenizer
-    templates = [*fg_questions, *bg_questions]
-    texts = {c: [t.format(name) for t in templates] for c, name in enumerate(names)}
-    ids = {
-        c: blip.question_ids(tokenizer, qs, enc_token=enc_token, max_tokens=max_question_tokens)
-        for c, qs in texts.items()
-    }
+    """Answer every question about the chunks' images, saving each chunk once it is done."""
+    device = vqa.device
     flat = [row for chunk in chunks for row in chunk]
-    offsets, chunk_of = [], []
+    plan = []  # (chunk, its image indices in this batch, last batch of the chunk)
+    first = 0
     for k, chunk in enumerate(chunks):
-        offsets.append(len(chunk_of))
-        chunk_of += [k] * len(chunk)
+        for b in range(0, len(chunk), batch_images):
+            end = min(b + batch_images, len(chunk))
+            plan.append((k, list(range(first + b, first + end)), end == len(chunk)))
+        first += len(chunk)
     image_processor = processor.image_processor
     dataset = _Images(
         [r["path"] for r in flat],
@@ -256,87 +267,58 @@ def _answer_chunks(
         tuple(image_processor.image_mean),
         tuple(image_processor.image_std),
     )
-    batches = list(
-        _batches(
-            [list(range(o, o + len(c))) for o, c in zip(offsets, chunks, strict=True)], batch_images
-        )
-    )
     loader = DataLoader(
         dataset,
-        batch_sampler=batches,
+        batch_sampler=[indices for _, indices, _ in plan],
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-    answers: dict[int, list[list[int]]] = {}
-    lemmas: dict[str, str] = {}
-    n_fg = len(fg_questions)
-    with tqdm(total=total, initial=done, mininterval=30, file=sys.stderr, unit="img") as bar:
-        for items in loader:
-            errors = [err for _, _, err in items if err is not None]
-            if errors:
-                raise InputError(errors[0])
-            pixels = torch.stack([x for _, x, _ in items]).to(device, non_blocking=True)
-            questions = [[q for c in flat[i]["labels"] for q in ids[c]] for i, _, _ in items]
-            with autocast(device):
-                out = blip.answer_ids(vqa, pixels, questions, decoding)
-            for (i, _, _), per_image in zip(items, out, strict=True):
-                answers[i] = per_image
-            bar.update(len(items))
-            k = chunk_of[items[-1][0]]
-            if all(i in answers for i in range(offsets[k], offsets[k] + len(chunks[k]))):
-                _save_chunk(
-                    chunks[k],
-                    offsets[k],
-                    answers,
-                    tokenizer,
-                    texts,
-                    n_fg,
-                    lemma_of,
-                    lemmas,
-                    partial_dir / chunk_names[k],
-                    names,
-                )
-                for i in range(offsets[k], offsets[k] + len(chunks[k])):
-                    del answers[i]
+    answers: list[list[str]] = []
+    for (k, _, last), items in zip(plan, loader, strict=True):
+        errors = [err for _, _, err in items if err is not None]
+        if errors:
+            raise InputError(errors[0])
+        pixels = torch.stack([x for _, x, _ in items]).to(device, non_blocking=True)
+        asked = [[q for c in flat[i]["labels"] for q in questions.ids[c]] for i, _, _ in items]
+        with autocast(device):
+            ids = blip.answer_ids(vqa, pixels, asked, decoding)
+        answers += [blip.decode(processor.tokenizer, per_image) for per_image in ids]
+        bar.update(len(items))
+        if last:
+            _save_chunk(chunks[k], answers, questions, names, lemma_of, stems[k])
+            answers = []
 
 
 def _save_chunk(
     chunk: list[dict],
-    offset: int,
-    answers: dict[int, list[list[int]]],
-    tokenizer,
-    texts: dict[int, list[str]],
-    n_fg: int,
-    lemma_of: Callable[[str], str],
-    lemmas: dict[str, str],
-    stem: Path,
+    answers: list[list[str]],
+    questions: _Questions,
     names: list[str],
+    lemma_of: Callable[[str], str],
+    stem: Path,
 ) -> None:
-    """Decode, lemmatise and write one chunk's FG and BG rows (BG first: FG marks done)."""
-    out: dict[str, list[dict]] = {"fg": [], "bg": []}
-    for j, row in enumerate(chunk):
-        decoded = iter(blip.decode(tokenizer, answers[offset + j]))
-        for c in row["labels"]:
-            for q, question in enumerate(texts[c]):
-                answer = next(decoded)
-                if answer not in lemmas:
-                    lemmas[answer] = lemma_of(answer)
-                kind, qid = ("fg", q) if q < n_fg else ("bg", q - n_fg)
-                out[kind].append(
-                    {
-                        "image_id": row["image_id"],
-                        "class_id": c,
-                        "class_name": names[c],
-                        "question_id": qid,
-                        "question": question,
-                        "answer": answer,
-                        "lemma": lemmas[answer],
-                    }
-                )
-    for kind in ("bg", "fg"):
-        table = pa.Table.from_pylist(out[kind], schema=QAPE_SCHEMA)
-        write_table(table, stem.with_name(f"{stem.name}.{kind}.parquet"), QAPE_SCHEMA)
+    """Write one chunk's FG and BG rows (BG first: the FG file marks the chunk done)."""
+    out: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    for row, per_image in zip(chunk, answers, strict=True):
+        asked = [(c, q, text) for c in row["labels"] for q, text in enumerate(questions.texts[c])]
+        for (c, q, text), answer in zip(asked, per_image, strict=True):
+            kind, qid = ("fg", q) if q < questions.n_fg else ("bg", q - questions.n_fg)
+            out[kind].append(
+                {
+                    "image_id": row["image_id"],
+                    "class_id": c,
+                    "class_name": names[c],
+                    "question_id": qid,
+                    "question": text,
+                    "answer": answer,
+                    "lemma": lemma_of(answer),
+                }
+            )
+    for kind in reversed(KINDS):
+        write_table(
+            pa.Table.from_pylist(out[kind], schema=QAPE_SCHEMA), _part(stem, kind), QAPE_SCHEMA
+        )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -360,6 +342,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-images", type=int, default=8)
     p.add_argument("--chunk-images", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="the job's cores (workers included)")
     p.add_argument("--partial-dir", type=Path, default=None, help="finished chunks (resume)")
 
 
@@ -385,5 +368,6 @@ def main(args: argparse.Namespace) -> None:
         batch_images=args.batch_images,
         chunk_images=args.chunk_images,
         workers=args.workers,
+        threads=args.threads,
         partial_dir=args.partial_dir,
     )

@@ -25,13 +25,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from qaclims.augment import IMAGENET_MEAN, IMAGENET_STD, ManifestImages
-from qaclims.devices import pick_device
 from qaclims.errors import InputError
 from qaclims.models.cam_net import load_cam_net
 from qaclims.models.mask_clip import MaskCLIPImage, load_image_tower
 from qaclims.pair_text import PairTexts, load_pair_texts
 from qaclims.tables import read_class_names
-from qaclims.trainer import train
+from qaclims.trainer import rank_device, train
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +117,8 @@ class RITCLoss:
         reg = maps.float().mean()
         b, c = torch.nonzero(labels > 0, as_tuple=True)  # image-major, as the reference
         world = dist.get_world_size() if dist.is_initialized() else 1
-        if len(b) == 0:
-            zero = reg * 0
-            frc_sum = brc_sum = zero
+        if len(b) == 0:  # no present class in the batch: L_REG alone
+            frc_sum = brc_sum = reg * 0
         else:
             size = self.clip.image_size
             a = F.interpolate(
@@ -128,7 +126,8 @@ class RITCLoss:
             )
             v_fg, v_bg = self.region_features(a, self.clip_input(x)[b])
             t_fg, t_bg, valid = self.texts.gather(self.texts.pair_of[index[b], c])
-            frc, brc, has_bg = contrastive_losses(v_fg, v_bg, t_fg, t_bg, valid, self.tau)
+            with torch.autocast(x.device.type, enabled=False):  # similarities in fp32
+                frc, brc, has_bg = contrastive_losses(v_fg, v_bg, t_fg, t_bg, valid, self.tau)
             # Sums over pairs; × world so that averaging gradients over N processes gives
             # Σ over the global batch / divisor whatever N is (ALGORITHM §3).
             scale = has_bg.float() * world / self.pair_sum_divisor
@@ -180,7 +179,7 @@ def run(
     """
     if clip_mode not in ("mask_adapted", "plain"):
         raise InputError(f"clip mode '{clip_mode}' is not mask_adapted or plain")
-    device = pick_device()
+    device = rank_device()
     names = read_class_names(classes)
     dataset = ManifestImages(
         manifest, split, len(names), crop_size=crop_size, resize_range=resize_range
@@ -290,6 +289,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    log.info("ritc: %s", {k: v for k, v in vars(args).items() if not k.startswith("_")})
     summary = run(
         manifest=args.manifest,
         classes=args.classes,

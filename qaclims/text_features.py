@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qaclims.atomic import atomic_path
-from qaclims.devices import pick_device
+from qaclims.devices import limit_cpu_threads, pick_device
 from qaclims.errors import InputError
 from qaclims.models import clip_text
 from qaclims.tables import (
@@ -102,6 +102,7 @@ def run(
     prompt: str = "a photo of {}.",
     batch_size: int = 256,
     cache: Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, float]:
     """Write text/features.parquet; returns how many texts were needed, reused, encoded."""
     if prompt.count("{}") != 1:
@@ -115,11 +116,16 @@ def run(
     }
     known = _reusable(cache, metadata) | _reusable(out, metadata)
     new = [t for t in texts if t not in known]
-    log.info("%d unique prompted texts, %d reused, %d to encode", len(texts), len(texts) - len(new),
-             len(new))
+    log.info(
+        "%d unique prompted texts, %d reused, %d to encode",
+        len(texts),
+        len(texts) - len(new),
+        len(new),
+    )
     dim = next(iter(known.values())).shape[0] if known else None
     if new:
         device = pick_device()
+        limit_cpu_threads(threads)
         model, tokenizer = clip_text.load_clip(architecture, pretrained, device, clip_config)
         log.info("CLIP %s (%s) on %s", architecture, pretrained, device)
         dim = clip_text.embed_dim(model)
@@ -169,6 +175,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default="a photo of {}.")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--cache", type=Path, default=None, help="copy kept for incremental reruns")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (job's cores)")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -183,4 +190,5 @@ def main(args: argparse.Namespace) -> None:
         prompt=args.prompt,
         batch_size=args.batch_size,
         cache=args.cache,
+        threads=args.threads,
     )

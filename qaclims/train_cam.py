@@ -19,11 +19,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from qaclims.augment import ManifestImages
-from qaclims.devices import autocast, pick_device
+from qaclims.devices import autocast
 from qaclims.models.backbone import FixedBatchNorm
 from qaclims.models.cam_net import CAMNet
 from qaclims.tables import read_class_names
-from qaclims.trainer import train
+from qaclims.trainer import rank_device, train
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def run(
 
     Returns the trainer's summary plus the training-set label accuracy and exact match.
     """
-    device = pick_device()
+    device = rank_device()
     names = read_class_names(classes)
     dataset = ManifestImages(
         manifest, split, len(names), crop_size=crop_size, resize_range=resize_range
@@ -162,6 +162,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    log.info("train_cam: %s", {k: v for k, v in vars(args).items() if not k.startswith("_")})
     weights = None if args.weights in (None, "", "null", "None") else args.weights
     summary = run(
         manifest=args.manifest,

@@ -146,12 +146,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--poly-power", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     weights = None if args.weights in (None, "", "null", "None") else args.weights
     run(
         manifest=args.manifest, classes=args.classes, masks=args.masks, out=args.out,

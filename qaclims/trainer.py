@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from qaclims.atomic import atomic_path
-from qaclims.devices import autocast, autocast_dtype
+from qaclims.devices import autocast, autocast_dtype, pick_device
 from qaclims.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,26 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(value % 2**32)
 
 
-def _distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); initialises the process group when launched by torchrun."""
+def rank_device() -> torch.device:
+    """This process's device: under torchrun with CUDA, the card of its LOCAL_RANK.
+
+    Stages call it instead of `pick_device()` so that models they build before `train`
+    (RITC's CLIP tower) land on the same card as the trained network.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return pick_device()
+
+
+def _distributed(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group) under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
+        return 0, 1, False
+    created = not dist.is_initialized()
+    if created:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return dist.get_rank(), dist.get_world_size(), created
 
 
 def _sync_batchnorm(module: nn.Module) -> nn.Module:
@@ -121,9 +133,10 @@ def _latest_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 def _average_gradients(params: list[nn.Parameter], world: int) -> None:
     """All-reduce the gradients as one flat buffer and divide by the world size (= DDP)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
+    for p in params:  # every rank must contribute a buffer of the same layout
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world
@@ -165,7 +178,7 @@ def train(
     "lr" is the initial LR of the poly schedule. Returns the number of steps, the mean
     loss terms of the last epoch, the wall time and the throughput.
     """
-    rank, world = _distributed(device)
+    rank, world, owns_group = _distributed(device)
     if batch_size % world:
         raise InputError(f"global batch {batch_size} is not divisible by {world} processes")
     steps_per_epoch = len(dataset) // batch_size
@@ -187,11 +200,11 @@ def train(
     # bf16 only: fp16 would need loss scaling, which none of the reference setups use.
     amp_on = amp and autocast_dtype(device) == torch.bfloat16
 
-    model.to(device)
     if world > 1 and device.type == "cuda":
         model = _sync_batchnorm(model)
     elif world > 1 and any(type(m) is nn.BatchNorm2d for m in model.modules()):
         log.warning("SyncBatchNorm needs CUDA: BatchNorm statistics stay per process on CPU")
+    model.to(device)
     groups = [{**g, "initial_lr": g["lr"]} for g in param_groups]
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.SGD(
@@ -298,6 +311,8 @@ def train(
             torch.save(model.state_dict(), tmp)
         log.info("saved %s", out_path)
     seconds = time.perf_counter() - started
+    if owns_group:
+        dist.destroy_process_group()
     return {
         "steps": float(step),
         "epochs": float(epochs),

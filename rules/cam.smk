@@ -21,7 +21,7 @@ rule cams:
         runtime=120,
     params:
         split=DATASET["train_split"],
-        depth=CAM_NET_DEPTH,
+        depth=config["cam"]["depth"],
         scales=config["cam_infer"]["scales"],
         storage=config["cam_infer"]["storage"],
         batch=config["cam_infer"]["batch_images"],

@@ -35,6 +35,22 @@ IS_DEMO = DATASET["kind"] == "demo"
 IS_COCO = DATASET["kind"] == "coco14"
 
 
+
+def weights_input(weights):
+    """{"weights": path} when a model's init weights are a file (a DAG input), else {}."""
+    return {"weights": weights} if str(weights).endswith((".pt", ".pth")) else {}
+
+
+def torch_launch(gpus):
+    """`python -m qaclims`, or torchrun with one process per GPU for a multi-GPU job."""
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node {gpus} -m qaclims"
+    return "python -m qaclims"
+
+
 def final_targets():
     """Targets of the default target: every stage wired so far."""
-    return [f"{RESULTS}/manifest.parquet", f"{RESULTS}/text/features.parquet"]
+    return [f"{RESULTS}/manifest.parquet", f"{RESULTS}/text/features.parquet", f"{RESULTS}/models/ritc.pt",
+            f"{RESULTS}/eval/cam.json",
+            *[f"{RESULTS}/ir_labels/shard-{s}" for s in SHARDS],
+            f"{RESULTS}/eval/summary.md"]

@@ -3,6 +3,7 @@
 
 rule train_irn:
     input:
+        **weights_input(config["irn"]["weights"]),
         manifest=f"{RESULTS}/manifest.parquet",
         classes=f"{RESULTS}/classes.parquet",
         ir_labels=expand(f"{RESULTS}/ir_labels/shard-{{shard}}", shard=SHARDS),
@@ -20,6 +21,7 @@ rule train_irn:
         mem_mb=24000,
         runtime=240,
     params:
+        launch=torch_launch(config["irn"]["gpu"]),
         split=DATASET["train_split"],
         checkpoints=f"{RESULTS}/checkpoints/irn",
         depth=config["irn"]["depth"],
@@ -37,14 +39,15 @@ rule train_irn:
         workers=config["irn"]["workers"],
         code=code_digest("qaclims.train_irn"),
     shell:
-        "python -m qaclims train_irn --manifest {input.manifest} --classes {input.classes}"
+        "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
+        " {params.launch} train_irn --manifest {input.manifest} --classes {input.classes}"
         " --ir-labels {input.ir_labels} --out {output} --checkpoint-dir {params.checkpoints}"
         " --split {params.split} --depth {params.depth} --weights {params.weights}"
         " --crop-size {params.crop} --scale-range {params.scales} --radius {params.radius}"
         " --batch-size {params.batch} --epochs {params.epochs} --edge-lr {params.edge_lr}"
         " --displacement-lr {params.dp_lr} --weight-decay {params.wd}"
         " --momentum {params.momentum} --seed {params.seed} --workers {params.workers}"
-        " --threads {threads} > {log} 2>&1"
+        " > {log} 2>&1"
 
 
 rule pseudo_masks:
@@ -73,10 +76,11 @@ rule pseudo_masks:
         bg=config["pseudo_masks"]["bg_threshold"],
         code=code_digest("qaclims.pseudo_masks"),
     shell:
-        "python -m qaclims pseudo_masks --manifest {input.manifest} --cams {input.cams}"
+        "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
+        " python -m qaclims pseudo_masks --manifest {input.manifest} --cams {input.cams}"
         " --irn {input.irn} --out {output} --depth {params.depth} --radius {params.radius}"
         " --beta {params.beta} --exp-times {params.exp_times} --bg-threshold {params.bg}"
-        " --threads {threads} > {log} 2>&1"
+        " > {log} 2>&1"
 
 
 rule eval_masks:

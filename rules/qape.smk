@@ -50,7 +50,7 @@ rule qape:
         runtime=240,
     params:
         split=DATASET["train_split"],
-        model=config["models"]["vqa"],
+        model=lambda wildcards, input: input.vqa or config["models"]["vqa"],
         fg=config["qape"]["fg_questions"],
         bg=config["qape"]["bg_questions"],
         size=config["qape"]["image_size"],
@@ -71,14 +71,16 @@ rule qape:
         partial=f"{RESULTS}/qape/.partial/shard-{{shard}}",
         code=code_digest("qaclims.qape"),
     shell:
-        "python -m qaclims qape --manifest {input.manifest} --classes {input.classes}"
+        "python -m qaclims.gpu_binding {resources.gpu} -- python -m qaclims qape"
+        " --manifest {input.manifest} --classes {input.classes}"
         " --fg-out {output.fg} --bg-out {output.bg} --shard {wildcards.shard}"
         " --split {params.split} --model {params.model:q} --fg-questions {params.fg:q}"
         " --bg-questions {params.bg:q} --image-size {params.size} --num-beams {params.beams}"
         " --max-length {params.max_length} --min-length {params.min_length} {params.enc}"
         " --max-question-tokens {params.max_tokens} --lemmatizer {params.lemmatizer}"
         " {params.wordnet} --batch-images {params.batch} --chunk-images {params.chunk}"
-        " --workers {params.workers} --partial-dir {params.partial} > {log} 2>&1"
+        " --workers {params.workers} --threads {threads} --partial-dir {params.partial}"
+        " > {log} 2>&1"
 
 
 rule corpus:

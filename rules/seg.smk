@@ -3,6 +3,7 @@
 
 rule train_seg:
     input:
+        **weights_input(config["seg"]["weights"]),
         manifest=f"{RESULTS}/manifest.parquet",
         classes=f"{RESULTS}/classes.parquet",
         masks=expand(f"{RESULTS}/pseudo_masks/shard-{{shard}}", shard=SHARDS),
@@ -21,6 +22,7 @@ rule train_seg:
         mem_mb=24000,
         runtime=720,
     params:
+        launch=torch_launch(config["seg"]["gpu"]),
         train_split=DATASET["train_split"],
         eval_split=DATASET["seg_split"],
         checkpoints=f"{RESULTS}/checkpoints/seg",
@@ -38,14 +40,15 @@ rule train_seg:
         workers=config["seg"]["workers"],
         code=code_digest("qaclims.train_seg"),
     shell:
-        "python -m qaclims train_seg --manifest {input.manifest} --classes {input.classes}"
+        "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
+        " {params.launch} train_seg --manifest {input.manifest} --classes {input.classes}"
         " --masks {input.masks} --out {output.model} --out-json {output.json}"
         " --checkpoint-dir {params.checkpoints} --train-split {params.train_split}"
         " --eval-split {params.eval_split} --depth {params.depth} --weights {params.weights}"
         " --crop-size {params.crop} --scale-range {params.scales} --batch-size {params.batch}"
         " --epochs {params.epochs} --lr {params.lr} --head-lr {params.head_lr}"
         " --weight-decay {params.wd} --momentum {params.momentum} --seed {params.seed}"
-        " --workers {params.workers} --threads {threads} > {log} 2>&1"
+        " --workers {params.workers} > {log} 2>&1"
 
 
 rule summary:

@@ -23,7 +23,9 @@ rule text_features:
         runtime=60,
     params:
         architecture=config["models"]["clip"]["architecture"],
-        pretrained=config["models"]["clip"]["pretrained"],
+        pretrained=lambda wildcards, input: (
+            input.clip or config["models"]["clip"]["pretrained"]
+        ),
         clip_config=(
             f"--clip-config {config['models']['clip_config']}"
             if config["models"]["clip_config"]
@@ -34,7 +36,9 @@ rule text_features:
         cache=f"{RESULTS}/text/.features-cache.parquet",
         code=code_digest("qaclims.text_features"),
     shell:
-        "python -m qaclims text_features --corpus-fg {input.fg} --corpus-bg {input.bg}"
+        "python -m qaclims.gpu_binding {resources.gpu} -- python -m qaclims text_features"
+        " --corpus-fg {input.fg} --corpus-bg {input.bg}"
         " --classes {input.classes} --out {output} --architecture {params.architecture:q}"
         " --pretrained {params.pretrained:q} {params.clip_config} --prompt {params.prompt:q}"
-        " --batch-size {params.batch} --cache {params.cache} > {log} 2>&1"
+        " --batch-size {params.batch} --cache {params.cache} --threads {threads}"
+        " > {log} 2>&1"

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qaclims import corpus
+from qaclims import cli, corpus
 from qaclims.errors import InputError
 from qaclims.tables import (
     CORPUS_BG_SCHEMA,
@@ -131,3 +131,23 @@ def test_cli_synonyms_parse() -> None:
         "tv monitor",
         ["monitor", "tv monitor"],
     )
+
+
+def test_cli_exits_2_naming_the_missing_shard(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "shard-0.parquet"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(
+            [
+                "corpus",
+                "--fg-shards",
+                str(missing),
+                "--bg-shards",
+                str(missing),
+                "--fg-out",
+                str(tmp_path / "fg.parquet"),
+                "--bg-out",
+                str(tmp_path / "bg.parquet"),
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert f"{missing}: file not found" in capsys.readouterr().err

@@ -12,7 +12,9 @@ from PIL import Image
 
 from qaclims import pseudo_masks, train_irn
 from qaclims.cam_store import CamRecord, write_cams
+from qaclims.errors import InputError
 from qaclims.images import read_label_map, save_label_png, voc_palette
+from qaclims.models.cam_net import CAMNet
 from qaclims.models.irn_net import IRNet, load_irn
 from qaclims.path_index import PathIndex
 from qaclims.tables import CLASSES_SCHEMA, MANIFEST_SCHEMA, write_table
@@ -142,3 +144,16 @@ def test_pseudo_masks_with_zero_edges_reproduce_cam_argmax(tmp_path):
         mask = np.asarray(img)
     expected = np.where(np.arange(width) < width // 2, 2, 4).astype(np.uint8)
     np.testing.assert_array_equal(mask, np.broadcast_to(expected, (height, width)))
+
+
+def test_backbone_from_a_cam_net_file(tmp_path):
+    torch.manual_seed(1)
+    cam_net = CAMNet(3, depth=18)
+    torch.save(cam_net.state_dict(), tmp_path / "cam.pt")
+    model = IRNet(depth=18, weights=str(tmp_path / "cam.pt"))
+    for name, value in cam_net.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], value), name
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    torch.save({"classifier.weight": torch.zeros(3, 512, 1, 1)}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match=r"other\.pt"):
+        IRNet(depth=18, weights=str(tmp_path / "other.pt"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qaclims import demo_models, manifest, qape
+from qaclims import demo_models, devices, manifest, qape
 from qaclims.datasets import demo
 from qaclims.errors import InputError
 from qaclims.models import blip
@@ -241,3 +241,13 @@ def test_demo_models_are_deterministic(tmp_path: Path) -> None:
     _, processor = blip.load_vqa(str(tmp_path / "a/vqa"), torch.device("cpu"))
     tokens = processor.tokenizer.tokenize(" ".join(q.format("crate") for q in FG + BG))
     assert processor.tokenizer.unk_token not in tokens
+
+
+def test_cpu_device_runs_full_precision() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    device = devices.pick_device()
+    assert device.type == "cpu"
+    with devices.autocast(device):
+        assert not torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

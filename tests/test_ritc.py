@@ -242,3 +242,17 @@ def test_stage_trains_from_the_baseline(clip_files, corpus, tmp_path):
     assert not torch.equal(out["classifier.weight"], baseline.classifier.weight)
     assert torch.equal(out["backbone.conv1.weight"], baseline.backbone.conv1.weight)
     assert not torch.equal(out["backbone.bn1.running_mean"], baseline.backbone.bn1.running_mean)
+
+
+def test_pair_sums_are_scaled_by_the_world_size(clip_files, corpus, monkeypatch):
+    """Under N processes each rank's pair sum is × N, so the averaged gradient is Σ / divisor."""
+    model = CAMNet(3, depth=18, fixed_bn=False).eval()
+    loss_fn = ritc.RITCLoss(clip=_clip(clip_files, 2), texts=_texts(corpus))
+    batch = {"image": torch.randn(2, 3, 64, 64), "label": LABELS[:2], "index": torch.tensor([0, 1])}
+    one, terms_one = loss_fn(model, batch)
+    monkeypatch.setattr(ritc.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(ritc.dist, "get_world_size", lambda: 2)
+    two, terms_two = loss_fn(model, batch)
+    reg = 0.2 * terms_one["reg"]
+    assert two.item() - reg == pytest.approx(2 * (one.item() - reg), rel=1e-5)
+    assert terms_two == pytest.approx(terms_one)

@@ -104,20 +104,50 @@ def encode_texts(
     *,
     batch_size: int = 256,
 ) -> np.ndarray:
-    """N×D float32 L2-normalised text embeddings, in fp32, `batch_size` texts per call."""
+    """N×D float32 L2-normalised text embeddings, in fp32, `batch_size` texts per call.
+
+    Texts are batched by token length so that each batch runs only as many positions as
+    its longest text needs (`_encode_trimmed`).
+    """
     device = next(model.parameters()).device
-    out = []
+    tokens = tokenizer(texts)
+    order = torch.argsort((tokens != 0).sum(1), stable=True)
+    out = torch.empty((len(texts), embed_dim(model)), dtype=torch.float32)
     for i in range(0, len(texts), batch_size):
-        tokens = tokenizer(texts[i : i + batch_size]).to(device)
-        out.append(model.encode_text(tokens, normalize=True).float().cpu())
-    if not out:
-        return np.zeros((0, embed_dim(model)), np.float32)
-    return torch.cat(out).numpy()
+        rows = order[i : i + batch_size]
+        out[rows] = _encode_trimmed(model, tokens[rows].to(device)).float().cpu()
+    return out.numpy()
+
+
+def _encode_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens, normalize=True)` over the positions up to the last EOT.
+
+    The text tower is causal and pools the EOT token, so the padding after it never
+    reaches the result: cutting it off gives the same embedding (up to float rounding) for
+    a fraction of the work (a short answer is ~8 of the 77 positions).
+    """
+    causal = isinstance(model, open_clip.CLIP) and model.attn_mask is not None
+    if not causal or model.text_pool_type != "argmax":
+        return model.encode_text(tokens, normalize=True)
+    length = int((tokens != 0).sum(1).max())
+    tokens = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    if isinstance(model.text_projection, torch.nn.Linear):
+        x = model.text_projection(x)
+    elif model.text_projection is not None:
+        x = x @ model.text_projection
+    return torch.nn.functional.normalize(x, dim=-1)
 
 
 def embed_dim(model: torch.nn.Module) -> int:
     """Width of the joint embedding (the text projection's output)."""
-    return int(model.text_projection.shape[1])
+    projection = model.text_projection
+    if isinstance(projection, torch.nn.Linear):
+        return projection.out_features
+    return int(projection.shape[1]) if projection is not None else model.transformer.width
 
 
 def tiny_clip(name: str, weights: Path, *, seed: int) -> torch.nn.Module:

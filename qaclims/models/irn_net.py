@@ -1,6 +1,7 @@
 """IRNet's inter-pixel relation network (Ahn et al., CVPR 2019; ALGORITHM §7).
 
-A frozen ResNet (output stride 16, FixedBatchNorm, ImageNet weights) feeds all five of its
+A frozen ResNet (output stride 16, FixedBatchNorm, ImageNet weights or, in the demo, the
+baseline classifier's backbone: qaclims.models.pretrained) feeds all five of its
 stages to two branches with GroupNorm:
 - the class-boundary (edge) branch: 32 channels per stage, upsampled to stride 4, one 1×1
   convolution to a boundary logit;
@@ -18,7 +19,8 @@ import torch
 from torch import nn
 
 from qaclims.errors import InputError
-from qaclims.models.backbone import build_resnet, stage_channels
+from qaclims.models.backbone import stage_channels
+from qaclims.models.pretrained import pretrained_resnet
 
 
 def _block(cin: int, cout: int, groups: int, upsample: int = 1) -> nn.Sequential:
@@ -33,7 +35,7 @@ class IRNet(nn.Module):
     def __init__(self, *, depth: int = 50, weights: str | None = None) -> None:
         super().__init__()
         self.depth = depth
-        self.backbone = build_resnet(depth, weights, fixed_bn=True)
+        self.backbone = pretrained_resnet(depth, weights, fixed_bn=True)
         self.backbone.requires_grad_(False)
         c1, c2, c3, c4, c5 = stage_channels(self.backbone)
         self.edge_layers = nn.ModuleList(

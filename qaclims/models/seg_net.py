@@ -2,10 +2,10 @@
 
 The paper trains DeepLab-v2 ResNet-101; qaclims uses torchvision's DeepLabV3 (ASPP head, no
 auxiliary head). ResNet-50/101: torchvision's own builder (dilated, output stride 8), its
-backbone loaded with ImageNet weights through qaclims.models.backbone (a torchvision weight
-name or a local file; nothing is downloaded). ResNet-18/34, which torchvision cannot dilate:
-the same DeepLabV3 head on qaclims's output-stride-16 ResNet (demo and tests). Ordinary
-BatchNorm throughout. The output is upsampled to the input size.
+backbone loaded with ImageNet weights (a torchvision weight name or a local file; nothing is
+downloaded) or a trained CAMNet's backbone (qaclims.models.pretrained). ResNet-18/34, which
+torchvision cannot dilate: the same DeepLabV3 head on qaclims's output-stride-16 ResNet (demo
+and tests). Ordinary BatchNorm throughout. The output is upsampled to the input size.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from torchvision.models import segmentation
 from torchvision.models._utils import IntermediateLayerGetter
 
 from qaclims.errors import InputError
-from qaclims.models.backbone import build_resnet, stage_channels
+from qaclims.models.backbone import stage_channels
+from qaclims.models.pretrained import pretrained_resnet
 
 TORCHVISION_DEPTHS = {50: segmentation.deeplabv3_resnet50, 101: segmentation.deeplabv3_resnet101}
 
 
 def build_seg_net(num_classes: int, *, depth: int, weights: str | None = None) -> nn.Module:
     """DeepLabV3 with `num_classes` outputs (background included) on a ResNet of `depth`."""
-    resnet = build_resnet(depth, weights, fixed_bn=False)
+    resnet = pretrained_resnet(depth, weights, fixed_bn=False)
     if depth in TORCHVISION_DEPTHS:
         model = TORCHVISION_DEPTHS[depth](
             weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False
