@@ -46,6 +46,22 @@ log = logging.getLogger(__name__)
 CHECKPOINT_GLOB = "epoch-*.pt"
 
 
+def run_key(**settings: Any) -> str:
+    """Hash naming a run's checkpoint folder: its settings and input files (path, size, mtime).
+
+    Stages put their code digest among the settings. A change of config, code or input
+    then starts from scratch in a new folder, while a killed job restarted unchanged
+    finds its own checkpoints again.
+    """
+    parts = []
+    for name, value in sorted(settings.items()):
+        if isinstance(value, Path) and value.is_file():
+            stat = value.stat()
+            value = (str(value), stat.st_size, stat.st_mtime_ns)
+        parts.append((name, value if isinstance(value, (tuple, int, float, bool)) else str(value)))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """A 63-bit seed for (seed, epoch, rank), independent of Python's hash randomisation."""
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(2, np.uint64)[0] >> 1)

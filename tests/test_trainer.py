@@ -148,3 +148,14 @@ def test_two_gloo_processes_match_one(tmp_path):
     one = torch.load(tmp_path / "one" / "out.pt", weights_only=True)
     assert all(torch.allclose(ddp[k], one[k], atol=1e-6) for k in one)
     assert not torch.allclose(one["0.weight"], _model(bn=False)[0].weight.detach())
+
+
+def test_run_key_changes_with_settings_and_inputs(tmp_path):
+    data = tmp_path / "features.parquet"
+    data.write_bytes(b"one")
+    key = trainer.run_key(code="abc", features=data, lr=0.1, sizes=(320, 640))
+    assert key == trainer.run_key(code="abc", features=data, lr=0.1, sizes=(320, 640))
+    assert key != trainer.run_key(code="abd", features=data, lr=0.1, sizes=(320, 640))
+    assert key != trainer.run_key(code="abc", features=data, lr=0.2, sizes=(320, 640))
+    data.write_bytes(b"two!")  # regenerated input
+    assert key != trainer.run_key(code="abc", features=data, lr=0.1, sizes=(320, 640))
