@@ -4,6 +4,9 @@
 configfile: f"{workflow.basedir}/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 

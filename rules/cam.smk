@@ -40,9 +40,23 @@ rule eval_cam:
         cams=expand(f"{RESULTS}/cams/shard-{{shard}}.npz", shard=SHARDS),
     output:
         json=f"{RESULTS}/eval/cam.json",
-        csv=f"{RESULTS}/eval/cam_per_class.csv",
-        bars=f"{RESULTS}/eval/cam_iou.png",
-        vis=directory(f"{RESULTS}/eval/cam_vis"),
+        csv=report(
+            f"{RESULTS}/eval/cam_per_class.csv",
+            caption="../report/cam_eval.rst",
+            category="1. CAMs",
+        ),
+        bars=report(
+            f"{RESULTS}/eval/cam_iou.png",
+            caption="../report/cam_iou.rst",
+            category="1. CAMs",
+        ),
+        vis=report(
+            directory(f"{RESULTS}/eval/cam_vis"),
+            patterns=["{name}.png"],
+            caption="../report/cam_overlays.rst",
+            category="1. CAMs",
+            subcategory="overlays",
+        ),
     log:
         f"{LOGS}/eval_cam.log",
     benchmark:

@@ -25,7 +25,9 @@ rule train_irn:
         split=DATASET["train_split"],
         checkpoints=f"{RESULTS}/checkpoints/irn",
         depth=config["irn"]["depth"],
-        weights=config["irn"]["weights"],
+        weights=lambda wildcards, input: getattr(
+            input, "weights", config["irn"]["weights"]
+        ),
         crop=config["irn"]["crop_size"],
         scales=config["irn"]["scale_range"],
         radius=config["irn"]["radius"],

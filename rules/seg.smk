@@ -27,7 +27,9 @@ rule train_seg:
         eval_split=DATASET["seg_split"],
         checkpoints=f"{RESULTS}/checkpoints/seg",
         depth=config["seg"]["depth"],
-        weights=config["seg"]["weights"],
+        weights=lambda wildcards, input: getattr(
+            input, "weights", config["seg"]["weights"]
+        ),
         crop=config["seg"]["crop_size"],
         scales=config["seg"]["scale_range"],
         batch=config["seg"]["batch_size"],
@@ -60,6 +62,8 @@ rule summary:
         f"{RESULTS}/eval/summary.md",
     log:
         f"{LOGS}/summary.log",
+    benchmark:
+        f"{BENCH}/summary.tsv"
     conda:
         "../envs/qaclims.yaml"
     threads: 1
