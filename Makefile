@@ -3,9 +3,9 @@
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
-CORES ?= 2
+CORES ?= $(shell nproc)
 
-.PHONY: demo test lint clean
+.PHONY: demo test report lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -13,8 +13,14 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --workflow-profile profiles/default
+	$(RUN) snakemake --cores $(CORES) --workflow-profile profiles/default
+	@cat results/demo/eval/summary.md
+
+report: $(STAMP)
+	$(RUN) snakemake --report report.html
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
@@ -23,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/snakefmt --check Snakefile rules
-	$(VENV)/bin/snakemake --lint
+	$(RUN) snakemake --lint
 
 clean:
 	rm -rf results logs .snakemake data/demo

@@ -1,12 +1,13 @@
 # Shared helpers: config validation, paths, shards, code digests.
-import os
 import sys
 from pathlib import Path
 
 # Jobs import the qaclims next to this Snakefile: the code they run is the code digested.
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [workflow.basedir, *filter(None, [os.environ.get("PYTHONPATH")])]
+shell.prefix(
+    "export PYTHONPATH={}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ".format(
+        repr(workflow.basedir)
+    )
 )
 
 from qaclims.config import check_config
@@ -35,7 +36,6 @@ IS_DEMO = DATASET["kind"] == "demo"
 IS_COCO = DATASET["kind"] == "coco14"
 
 
-
 def weights_input(weights):
     """{"weights": path} when a model's init weights are a file (a DAG input), else {}."""
     return {"weights": weights} if str(weights).endswith((".pt", ".pth")) else {}
@@ -50,7 +50,11 @@ def torch_launch(gpus):
 
 def final_targets():
     """Targets of the default target: every stage wired so far."""
-    return [f"{RESULTS}/manifest.parquet", f"{RESULTS}/text/features.parquet", f"{RESULTS}/models/ritc.pt",
-            f"{RESULTS}/eval/cam.json",
-            *[f"{RESULTS}/ir_labels/shard-{s}" for s in SHARDS],
-            f"{RESULTS}/eval/summary.md"]
+    return [
+        f"{RESULTS}/manifest.parquet",
+        f"{RESULTS}/text/features.parquet",
+        f"{RESULTS}/models/ritc.pt",
+        f"{RESULTS}/eval/cam.json",
+        *[f"{RESULTS}/ir_labels/shard-{s}" for s in SHARDS],
+        f"{RESULTS}/eval/summary.md",
+    ]

@@ -40,18 +40,21 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 
 
-def snakemake(wf: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "snakemake"), "-s", str(wf / "Snakefile"), "-d", str(wf)]
-    cmd += ["--configfile", str(wf / "small.yaml"), *args]
+def snakemake(
+    wf: Path, *flags: str, targets: tuple[str, ...] = (), overlays: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run snakemake on the copy; config files are small.yaml then `overlays`."""
+    cmd = [str(BIN / "snakemake"), "-s", str(wf / "Snakefile"), "-d", str(wf), *flags]
+    cmd += ["--configfile", str(wf / "small.yaml"), *map(str, overlays), "--", *targets]
     result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), check=False)
-    if check and result.returncode != 0:
+    if result.returncode != 0:
         raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
     return result
 
 
-def planned(wf: Path, *args: str) -> dict[str, int]:
+def planned(wf: Path, *targets: str, overlays: tuple[Path, ...] = ()) -> dict[str, int]:
     """Rule -> job count of a dry run (empty when nothing is to be done)."""
-    text = snakemake(wf, "-n", *args).stdout
+    text = snakemake(wf, "-n", targets=targets, overlays=overlays).stdout
     counts: dict[str, int] = {}
     lines = iter(text.splitlines())
     for line in lines:
@@ -94,13 +97,13 @@ def test_editing_the_crf_module_replans_crf_and_downstream(workflow):
 def test_changing_crf_thresholds_replans_crf_and_downstream(workflow):
     over = workflow / "crf.yaml"
     over.write_text("crf:\n  fg_threshold: 0.35\n")
-    assert planned(workflow, "--configfile", str(over)) == DOWNSTREAM_OF_CRF
+    assert planned(workflow, overlays=(over,)) == DOWNSTREAM_OF_CRF
 
 
 def test_changing_ritc_replans_ritc_and_downstream_but_no_vqa_or_text(workflow):
     over = workflow / "ritc.yaml"
     over.write_text("ritc:\n  tau: 0.5\n")
-    plan = planned(workflow, "--configfile", str(over))
+    plan = planned(workflow, overlays=(over,))
     assert plan == {
         "ritc": 1,
         "cams": SHARDS,
@@ -134,7 +137,7 @@ def test_interrupted_shard_job_recovers_without_recomputing_finished_shards(work
         shutil.rmtree(labels / f"shard-{shard}")
     targets = [f"{RESULTS}/ir_labels/shard-{s}" for s in range(SHARDS)]
     cmd = [str(BIN / "snakemake"), "-s", str(workflow / "Snakefile"), "-d", str(workflow)]
-    cmd += ["--configfile", str(workflow / "small.yaml"), "--cores", "1", *targets]
+    cmd += ["--cores", "1", "--configfile", str(workflow / "small.yaml"), "--", *targets]
     proc = subprocess.Popen(
         cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -156,7 +159,7 @@ def test_interrupted_shard_job_recovers_without_recomputing_finished_shards(work
     assert not any(p.exists() for p in unfinished), "a half-written shard survived"
     assert not [p for p in labels.iterdir() if p.name.startswith(".")], "temporary files left"
     stamp = finished.stat().st_mtime_ns
-    snakemake(workflow, "--cores", "1", "--rerun-incomplete", *targets)
+    snakemake(workflow, "--cores", "1", "--rerun-incomplete", targets=tuple(targets))
     assert finished.stat().st_mtime_ns == stamp, "a finished shard was recomputed"
     assert all((labels / f"shard-{s}").is_dir() for s in range(SHARDS))
     assert planned(workflow, *targets) == {}
