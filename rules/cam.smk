@@ -27,7 +27,8 @@ rule cams:
         batch=config["cam_infer"]["batch_images"],
         code=code_digest("qaclims.cams"),
     shell:
-        "python -m qaclims cams --manifest {input.manifest} --classes {input.classes}"
+        "python -m qaclims.gpu_binding {resources.gpu} --"
+        " python -m qaclims cams --manifest {input.manifest} --classes {input.classes}"
         " --model {input.model} --out {output} --split {params.split} --shard {wildcards.shard}"
         " --depth {params.depth} --scales {params.scales} --storage {params.storage}"
         " --batch-images {params.batch} --workers {threads} > {log} 2>&1"

@@ -23,11 +23,7 @@ rule train_cam:
         mem_mb=16000,
         runtime=240,
     params:
-        launch=(
-            f"torchrun --standalone --nproc_per_node {config['cam']['gpu']} -m qaclims"
-            if config["cam"]["gpu"] > 1
-            else "python -m qaclims"
-        ),
+        launch=torch_launch(config["cam"]["gpu"]),
         checkpoints=f"{RESULTS}/checkpoints/cam_baseline",
         split=DATASET["train_split"],
         depth=config["cam"]["depth"],
@@ -81,11 +77,7 @@ rule ritc:
         mem_mb=32000,
         runtime=720,
     params:
-        launch=(
-            f"torchrun --standalone --nproc_per_node {config['ritc']['gpu']} -m qaclims"
-            if config["ritc"]["gpu"] > 1
-            else "python -m qaclims"
-        ),
+        launch=torch_launch(config["ritc"]["gpu"]),
         checkpoints=f"{RESULTS}/checkpoints/ritc",
         split=DATASET["train_split"],
         depth=CAM_NET_DEPTH,
