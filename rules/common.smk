@@ -49,12 +49,17 @@ def torch_launch(gpus):
 
 
 def final_targets():
-    """Targets of the default target: every stage wired so far."""
+    """The deliverables: models, per-shard CAMs, IR labels and pseudo masks, every eval.
+
+    Per-shard artifacts are listed so that a deleted shard is rebuilt (with what depends
+    on it); VQA shards are not, so deleting them never triggers hours of VQA.
+    """
+    per_shard = ("cams/shard-{}.npz", "ir_labels/shard-{}", "pseudo_masks/shard-{}")
     return [
-        f"{RESULTS}/manifest.parquet",
         f"{RESULTS}/text/features.parquet",
         f"{RESULTS}/models/ritc.pt",
+        *[f"{RESULTS}/{pattern.format(s)}" for pattern in per_shard for s in SHARDS],
         f"{RESULTS}/eval/cam.json",
-        *[f"{RESULTS}/ir_labels/shard-{s}" for s in SHARDS],
+        f"{RESULTS}/eval/pseudo_masks.json",
         f"{RESULTS}/eval/summary.md",
     ]
