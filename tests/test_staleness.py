@@ -138,18 +138,21 @@ def test_interrupted_shard_job_recovers_without_recomputing_finished_shards(work
     targets = [f"{RESULTS}/ir_labels/shard-{s}" for s in range(SHARDS)]
     cmd = [str(BIN / "snakemake"), "-s", str(workflow / "Snakefile"), "-d", str(workflow)]
     cmd += ["--cores", "1", "--configfile", str(workflow / "small.yaml"), "--", *targets]
-    proc = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
     log_dir = workflow / "logs" / "demo" / "crf"
+    for shard in range(SHARDS):
+        (log_dir / f"shard-{shard}.log").unlink(missing_ok=True)
+    output = workflow / "interrupted.log"
+    with open(output, "w") as sink:
+        proc = subprocess.Popen(
+            cmd, env=_env(), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + 300
     finished: Path | None = None
     while time.monotonic() < deadline and proc.poll() is None:
-        done = [labels / f"shard-{s}" for s in range(SHARDS) if (labels / f"shard-{s}").is_dir()]
+        done = "(Rule: crf)" in output.read_text()  # Snakemake has registered one shard
         started = [s for s in range(SHARDS) if (log_dir / f"shard-{s}.log").exists()]
         if done and len(started) == SHARDS:
-            finished = done[0]
+            finished = next(p for p in map(labels.joinpath, ("shard-0", "shard-1")) if p.is_dir())
             break
         time.sleep(0.05)
     assert finished is not None, "the second shard job never started"
