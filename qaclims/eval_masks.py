@@ -1,7 +1,8 @@
 """Pseudo-mask evaluation: mIoU against the ground truth of the eval split (ALGORITHM §8).
 
 Input: the manifest (eval split, mask paths), the class names and every pseudo-mask folder;
-output: `eval/pseudo_masks.json` with the mIoU and the per-class IoU (background first).
+output: `eval/pseudo_masks.json` with the mIoU and the per-class IoU (background first), and
+sample panels (image | pseudo mask | ground truth) of the first images for the report.
 Ground-truth 255 is ignored; a prediction of 255 counts as background (IRNet's eval).
 """
 
@@ -13,10 +14,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from qaclims.atomic import atomic_path
+from qaclims.atomic import atomic_dir, atomic_path
 from qaclims.errors import InputError
-from qaclims.images import read_label_map
+from qaclims.images import read_label_map, read_rgb, voc_palette
 from qaclims.labelled import iou_report, label_files
 from qaclims.metrics import IGNORE, ConfusionMeter
 from qaclims.tables import read_class_names, read_manifest
@@ -24,12 +26,25 @@ from qaclims.tables import read_class_names, read_manifest
 log = logging.getLogger(__name__)
 
 
+def _panel(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, palette: np.ndarray) -> Image:
+    """Image, pseudo mask and ground truth side by side (labels in the VOC colours)."""
+    return Image.fromarray(np.concatenate([image, palette[pred], palette[gt]], axis=1))
+
+
 def run(
-    *, manifest: Path, classes: Path, masks: list[Path], split: str, out_json: Path
+    *,
+    manifest: Path,
+    classes: Path,
+    masks: list[Path],
+    split: str,
+    out_json: Path,
+    out_samples: Path | None = None,
+    samples: int = 8,
 ) -> dict[str, object]:
     """Score the pseudo masks of every `split` image with a ground-truth mask."""
     names = ["background", *read_class_names(classes)]
-    rows = read_manifest(manifest, split=split, columns=["image_id", "has_mask", "mask_path"])
+    columns = ["image_id", "path", "has_mask", "mask_path"]
+    rows = read_manifest(manifest, split=split, columns=columns)
     rows = [r for r in rows.to_pylist() if r["has_mask"]]
     if not rows:
         raise InputError(f"{manifest}: no '{split}' images with a ground-truth mask")
@@ -42,6 +57,14 @@ def run(
             raise InputError(f"{path}: pseudo mask is {pred.shape}, ground truth {gt.shape}")
         meter.add(np.where(pred == IGNORE, 0, pred), gt)
     report = iou_report(meter, names, split=split, images=len(rows))
+    if out_samples is not None:
+        palette = np.array(voc_palette(), np.uint8).reshape(256, 3)
+        with atomic_dir(out_samples) as tmp:
+            for row, path in list(zip(rows, files, strict=True))[:samples]:
+                pred = read_label_map(path, len(names) - 1)
+                gt = read_label_map(row["mask_path"], len(names) - 1)
+                panel = _panel(read_rgb(row["path"]), pred, gt, palette)
+                panel.save(tmp / f"{row['image_id']}.png")
     with atomic_path(out_json) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     log.info("pseudo-mask mIoU on %s (%d images): %.2f", split, len(rows), 100 * report["miou"])
@@ -54,10 +77,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masks", type=Path, nargs="+", required=True, help="pseudo-mask folders")
     p.add_argument("--split", default="train")
     p.add_argument("--out-json", type=Path, required=True)
+    p.add_argument("--out-samples", type=Path, default=None, help="sample panel folder")
+    p.add_argument("--samples", type=int, default=8, help="panels of the first N images")
 
 
 def main(args: argparse.Namespace) -> None:
     run(
-        manifest=args.manifest, classes=args.classes, masks=args.masks, split=args.split,
+        manifest=args.manifest,
+        classes=args.classes,
+        masks=args.masks,
+        split=args.split,
         out_json=args.out_json,
-    )  # fmt: skip
+        out_samples=args.out_samples,
+        samples=args.samples,
+    )

@@ -91,7 +91,18 @@ rule eval_masks:
         classes=f"{RESULTS}/classes.parquet",
         masks=expand(f"{RESULTS}/pseudo_masks/shard-{{shard}}", shard=SHARDS),
     output:
-        f"{RESULTS}/eval/pseudo_masks.json",
+        json=report(
+            f"{RESULTS}/eval/pseudo_masks.json",
+            caption="../report/pseudo_masks.rst",
+            category="2. Pseudo masks",
+        ),
+        samples=report(
+            directory(f"{RESULTS}/eval/pseudo_mask_samples"),
+            patterns=["{name}.png"],
+            caption="../report/pseudo_mask_samples.rst",
+            category="2. Pseudo masks",
+            subcategory="samples",
+        ),
     log:
         f"{LOGS}/eval_masks.log",
     benchmark:
@@ -104,7 +115,9 @@ rule eval_masks:
         runtime=30,
     params:
         split=DATASET["eval_split"],
+        samples=config["cam_eval"]["vis_images"],
         code=code_digest("qaclims.eval_masks"),
     shell:
         "python -m qaclims eval_masks --manifest {input.manifest} --classes {input.classes}"
-        " --masks {input.masks} --split {params.split} --out-json {output} > {log} 2>&1"
+        " --masks {input.masks} --split {params.split} --out-json {output.json}"
+        " --out-samples {output.samples} --samples {params.samples} > {log} 2>&1"

@@ -9,7 +9,11 @@ rule train_seg:
         masks=expand(f"{RESULTS}/pseudo_masks/shard-{{shard}}", shard=SHARDS),
     output:
         model=f"{RESULTS}/models/seg.pt",
-        json=f"{RESULTS}/eval/seg.json",
+        json=report(
+            f"{RESULTS}/eval/seg.json",
+            caption="../report/seg.rst",
+            category="3. Segmentation",
+        ),
     log:
         f"{LOGS}/train_seg.log",
     benchmark:
@@ -59,7 +63,11 @@ rule summary:
         masks=f"{RESULTS}/eval/pseudo_masks.json",
         seg=f"{RESULTS}/eval/seg.json" if config["seg"]["enabled"] else [],
     output:
-        f"{RESULTS}/eval/summary.md",
+        report(
+            f"{RESULTS}/eval/summary.md",
+            caption="../report/summary.rst",
+            category="0. Summary",
+        ),
     log:
         f"{LOGS}/summary.log",
     benchmark:

@@ -40,9 +40,13 @@ def test_train_seg_and_eval_write_valid_reports(tmp_path):
     # the label maps scored as pseudo masks against themselves: a perfect score
     masks = eval_masks.run(
         manifest=manifest, classes=classes, masks=[labels], split="train",
-        out_json=tmp_path / "masks.json",
+        out_json=tmp_path / "masks.json", out_samples=tmp_path / "samples", samples=2,
     )  # fmt: skip
     assert masks["miou"] == pytest.approx(1.0)
+    panels = sorted((tmp_path / "samples").glob("*.png"))
+    assert len(panels) == 2
+    height, width = np.asarray(Image.open(labels / f"{panels[0].stem}.png")).shape
+    assert np.asarray(Image.open(panels[0])).shape == (height, 3 * width, 3)
     (tmp_path / "cam.json").write_text(json.dumps({"split": "train", "images": 3, "miou": 0.25}))
     table = summary.run(
         cam=tmp_path / "cam.json", pseudo_masks=tmp_path / "masks.json",
