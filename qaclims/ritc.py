@@ -250,10 +250,6 @@ def run(
     )
 
 
-def _optional_path(value: str | None) -> Path | None:
-    return None if value in (None, "", "null", "None") else Path(value)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--classes", type=Path, required=True)
@@ -267,8 +263,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=50)
     p.add_argument("--clip-architecture", default="ViT-L-14-quickgelu")
     p.add_argument("--clip-pretrained", default="openai", help="open_clip tag or weights file")
-    p.add_argument("--clip-config", default=None, help="config JSON of a custom architecture")
-    p.add_argument("--ovseg", default=None, help="OV-Seg checkpoint; null: CLIP weights only")
+    p.add_argument(
+        "--clip-config", type=Path, default=None, help="config JSON of a custom architecture"
+    )
+    p.add_argument(
+        "--ovseg", type=Path, default=None, help="OV-Seg checkpoint; absent: CLIP weights only"
+    )
     p.add_argument("--clip-mode", choices=("mask_adapted", "plain"), default="mask_adapted")
     p.add_argument("--mask-prompt-depth", type=int, default=3)
     p.add_argument("--clip-input-norm", choices=("imagenet", "clip"), default="imagenet")
@@ -307,8 +307,8 @@ def main(args: argparse.Namespace) -> None:
         depth=args.depth,
         clip_architecture=args.clip_architecture,
         clip_pretrained=args.clip_pretrained,
-        clip_config=_optional_path(args.clip_config),
-        ovseg=_optional_path(args.ovseg),
+        clip_config=args.clip_config,
+        ovseg=args.ovseg,
         clip_mode=args.clip_mode,
         mask_prompt_depth=args.mask_prompt_depth,
         clip_input_norm=args.clip_input_norm,

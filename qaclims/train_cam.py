@@ -167,7 +167,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     log.info("train_cam: %s", {k: v for k, v in vars(args).items() if not k.startswith("_")})
-    weights = None if args.weights in (None, "", "null", "None") else args.weights
     summary = run(
         manifest=args.manifest,
         classes=args.classes,
@@ -175,7 +174,7 @@ def main(args: argparse.Namespace) -> None:
         checkpoint_dir=args.checkpoint_dir,
         split=args.split,
         depth=args.depth,
-        weights=weights,
+        weights=args.weights,
         crop_size=args.crop_size,
         resize_range=tuple(args.resize_range),
         batch_size=args.batch_size,

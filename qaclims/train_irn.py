@@ -175,11 +175,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    weights = None if args.weights in (None, "", "null", "None") else args.weights
     summary = run(
         manifest=args.manifest, classes=args.classes, ir_labels=args.ir_labels, out=args.out,
-        checkpoint_dir=args.checkpoint_dir, split=args.split, depth=args.depth, weights=weights,
-        crop_size=args.crop_size, scale_range=tuple(args.scale_range), radius=args.radius,
+        checkpoint_dir=args.checkpoint_dir, split=args.split, depth=args.depth,
+        weights=args.weights, crop_size=args.crop_size, scale_range=tuple(args.scale_range),
+        radius=args.radius,
         batch_size=args.batch_size, epochs=args.epochs, edge_lr=args.edge_lr,
         displacement_lr=args.displacement_lr, weight_decay=args.weight_decay,
         momentum=args.momentum, poly_power=args.poly_power, seed=args.seed, workers=args.workers,

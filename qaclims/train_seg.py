@@ -149,12 +149,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    weights = None if args.weights in (None, "", "null", "None") else args.weights
     run(
         manifest=args.manifest, classes=args.classes, masks=args.masks, out=args.out,
         out_json=args.out_json, checkpoint_dir=args.checkpoint_dir,
         train_split=args.train_split, eval_split=args.eval_split, depth=args.depth,
-        weights=weights, crop_size=args.crop_size, scale_range=tuple(args.scale_range),
+        weights=args.weights, crop_size=args.crop_size, scale_range=tuple(args.scale_range),
         batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
         weight_decay=args.weight_decay, momentum=args.momentum, poly_power=args.poly_power,
         seed=args.seed, workers=args.workers,

@@ -41,6 +41,11 @@ def weights_input(weights):
     return {"weights": weights} if str(weights).endswith((".pt", ".pth")) else {}
 
 
+def optional_flag(flag, value):
+    """`flag value`, or nothing when the config value is null (the stage's default: None)."""
+    return "" if value is None else f"{flag} {value}"
+
+
 def torch_launch(gpus):
     """`python -m qaclims`, or torchrun with one process per GPU for a multi-GPU job."""
     if gpus > 1:

@@ -25,8 +25,8 @@ rule train_irn:
         split=DATASET["train_split"],
         checkpoints=f"{RESULTS}/checkpoints/irn",
         depth=config["irn"]["depth"],
-        weights=lambda wildcards, input: getattr(
-            input, "weights", config["irn"]["weights"]
+        weights=lambda wildcards, input: optional_flag(
+            "--weights", getattr(input, "weights", config["irn"]["weights"])
         ),
         crop=config["irn"]["crop_size"],
         scales=config["irn"]["scale_range"],
@@ -44,7 +44,7 @@ rule train_irn:
         "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
         " {params.launch} train_irn --manifest {input.manifest} --classes {input.classes}"
         " --ir-labels {input.ir_labels} --out {output} --checkpoint-dir {params.checkpoints}"
-        " --split {params.split} --depth {params.depth} --weights {params.weights}"
+        " --split {params.split} --depth {params.depth} {params.weights}"
         " --crop-size {params.crop} --scale-range {params.scales} --radius {params.radius}"
         " --batch-size {params.batch} --epochs {params.epochs} --edge-lr {params.edge_lr}"
         " --displacement-lr {params.dp_lr} --weight-decay {params.wd}"

@@ -27,7 +27,7 @@ rule train_cam:
         checkpoints=f"{RESULTS}/checkpoints/cam_baseline",
         split=DATASET["train_split"],
         depth=config["cam"]["depth"],
-        weights=config["cam"]["weights"],
+        weights=optional_flag("--weights", config["cam"]["weights"]),
         crop=config["cam"]["crop_size"],
         resize=config["cam"]["resize_range"],
         batch=config["cam"]["batch_size"],
@@ -44,7 +44,7 @@ rule train_cam:
         "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
         " {params.launch} train_cam --manifest {input.manifest}"
         " --classes {input.classes} --out {output} --checkpoint-dir {params.checkpoints}"
-        " --split {params.split} --depth {params.depth} --weights {params.weights}"
+        " --split {params.split} --depth {params.depth} {params.weights}"
         " --crop-size {params.crop} --resize-range {params.resize}"
         " --batch-size {params.batch} --epochs {params.epochs} --lr {params.lr}"
         " --classifier-lr {params.classifier_lr} --weight-decay {params.weight_decay}"
@@ -85,10 +85,10 @@ rule ritc:
         pretrained=lambda wildcards, input: (
             input.clip or config["models"]["clip"]["pretrained"]
         ),
-        clip_config=lambda wildcards, input: (
-            input.clip_config or config["models"]["clip_config"]
+        clip_config=lambda wildcards, input: optional_flag(
+            "--clip-config", input.clip_config or config["models"]["clip_config"]
         ),
-        ovseg=lambda wildcards, input: input.ovseg or None,
+        ovseg=lambda wildcards, input: optional_flag("--ovseg", input.ovseg or None),
         mode=config["ritc"]["clip_mode"],
         prompt_depth=config["ritc"]["mask_prompt_depth"],
         norm=config["ritc"]["clip_input_norm"],
@@ -116,8 +116,8 @@ rule ritc:
         " --corpus-bg {input.bg} --features {input.features} --out {output}"
         " --checkpoint-dir {params.checkpoints} --split {params.split}"
         " --depth {params.depth} --clip-architecture {params.architecture:q}"
-        " --clip-pretrained {params.pretrained:q} --clip-config {params.clip_config}"
-        " --ovseg {params.ovseg} --clip-mode {params.mode}"
+        " --clip-pretrained {params.pretrained:q} {params.clip_config}"
+        " {params.ovseg} --clip-mode {params.mode}"
         " --mask-prompt-depth {params.prompt_depth} --clip-input-norm {params.norm}"
         " --prompt {params.prompt:q} --crop-size {params.crop}"
         " --resize-range {params.resize} --batch-size {params.batch}"

@@ -31,8 +31,8 @@ rule train_seg:
         eval_split=DATASET["seg_split"],
         checkpoints=f"{RESULTS}/checkpoints/seg",
         depth=config["seg"]["depth"],
-        weights=lambda wildcards, input: getattr(
-            input, "weights", config["seg"]["weights"]
+        weights=lambda wildcards, input: optional_flag(
+            "--weights", getattr(input, "weights", config["seg"]["weights"])
         ),
         crop=config["seg"]["crop_size"],
         scales=config["seg"]["scale_range"],
@@ -50,7 +50,7 @@ rule train_seg:
         " {params.launch} train_seg --manifest {input.manifest} --classes {input.classes}"
         " --masks {input.masks} --out {output.model} --out-json {output.json}"
         " --checkpoint-dir {params.checkpoints} --train-split {params.train_split}"
-        " --eval-split {params.eval_split} --depth {params.depth} --weights {params.weights}"
+        " --eval-split {params.eval_split} --depth {params.depth} {params.weights}"
         " --crop-size {params.crop} --scale-range {params.scales} --batch-size {params.batch}"
         " --epochs {params.epochs} --lr {params.lr} --head-lr {params.head_lr}"
         " --weight-decay {params.wd} --momentum {params.momentum} --seed {params.seed}"
