@@ -157,6 +157,7 @@ def run(
     clip_mode: str,
     mask_prompt_depth: int,
     clip_input_norm: str,
+    batchnorm: str,
     prompt: str,
     crop_size: int,
     resize_range: tuple[int, int],
@@ -197,7 +198,9 @@ def run(
         class_names=names,
         prompt=prompt,
     )
-    model = load_cam_net(baseline, len(names), depth=depth, fixed_bn=False)
+    if batchnorm not in ("train", "frozen"):
+        raise InputError(f"batchnorm '{batchnorm}' is not train or frozen")
+    model = load_cam_net(baseline, len(names), depth=depth, fixed_bn=batchnorm == "frozen")
     depth_prompts = mask_prompt_depth if clip_mode == "mask_adapted" else 0
     clip = load_image_tower(
         clip_architecture,
@@ -272,6 +275,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-mode", choices=("mask_adapted", "plain"), default="mask_adapted")
     p.add_argument("--mask-prompt-depth", type=int, default=3)
     p.add_argument("--clip-input-norm", choices=("imagenet", "clip"), default="imagenet")
+    p.add_argument(
+        "--batchnorm",
+        choices=("train", "frozen"),
+        default="train",
+        help="train: batch statistics, running stats updated (paper); frozen: keep the baseline's",
+    )
     p.add_argument("--prompt", default="a photo of {}.")
     p.add_argument("--crop-size", type=int, default=512)
     p.add_argument("--resize-range", type=int, nargs=2, default=(320, 640))
@@ -312,6 +321,7 @@ def main(args: argparse.Namespace) -> None:
         clip_mode=args.clip_mode,
         mask_prompt_depth=args.mask_prompt_depth,
         clip_input_norm=args.clip_input_norm,
+        batchnorm=args.batchnorm,
         prompt=args.prompt,
         crop_size=args.crop_size,
         resize_range=tuple(args.resize_range),

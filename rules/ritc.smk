@@ -92,6 +92,7 @@ rule ritc:
         mode=config["ritc"]["clip_mode"],
         prompt_depth=config["ritc"]["mask_prompt_depth"],
         norm=config["ritc"]["clip_input_norm"],
+        batchnorm=config["ritc"]["batchnorm"],
         prompt=config["text"]["prompt"],
         crop=config["ritc"]["crop_size"],
         resize=config["ritc"]["resize_range"],
@@ -119,6 +120,7 @@ rule ritc:
         " --clip-pretrained {params.pretrained:q} {params.clip_config}"
         " {params.ovseg} --clip-mode {params.mode}"
         " --mask-prompt-depth {params.prompt_depth} --clip-input-norm {params.norm}"
+        " --batchnorm {params.batchnorm}"
         " --prompt {params.prompt:q} --crop-size {params.crop}"
         " --resize-range {params.resize} --batch-size {params.batch}"
         " --epochs {params.epochs} --lr {params.lr} --classifier-lr {params.classifier_lr}"

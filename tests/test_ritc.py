@@ -176,7 +176,8 @@ def test_clip_input_norm_switch():
     assert torch.allclose(clipped[0, :, 0, 0], want)
 
 
-def test_stage_trains_from_the_baseline(clip_files, corpus, tmp_path):
+@pytest.mark.parametrize("batchnorm", ["train", "frozen"])
+def test_stage_trains_from_the_baseline(batchnorm, clip_files, corpus, tmp_path):
     rows = []
     for i, image_id in enumerate(["a", "b", "c", "d"]):
         Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(tmp_path / f"{image_id}.png")
@@ -220,6 +221,7 @@ def test_stage_trains_from_the_baseline(clip_files, corpus, tmp_path):
         clip_mode="mask_adapted",
         mask_prompt_depth=2,
         clip_input_norm="imagenet",
+        batchnorm=batchnorm,
         prompt=PROMPT,
         crop_size=48,
         resize_range=(40, 56),
@@ -241,7 +243,8 @@ def test_stage_trains_from_the_baseline(clip_files, corpus, tmp_path):
     assert out.keys() == baseline.state_dict().keys()
     assert not torch.equal(out["classifier.weight"], baseline.classifier.weight)
     assert torch.equal(out["backbone.conv1.weight"], baseline.backbone.conv1.weight)
-    assert not torch.equal(out["backbone.bn1.running_mean"], baseline.backbone.bn1.running_mean)
+    stats_kept = torch.equal(out["backbone.bn1.running_mean"], baseline.backbone.bn1.running_mean)
+    assert stats_kept == (batchnorm == "frozen")
 
 
 def test_pair_sums_are_scaled_by_the_world_size(clip_files, corpus, monkeypatch):
