@@ -24,11 +24,12 @@ from torch import Tensor, nn
 
 from qaclims.atomic import atomic_path
 from qaclims.devices import autocast, pick_device
+from qaclims.digest import code_digest
 from qaclims.labelled import IGNORE, LabelledImages
 from qaclims.models.irn_net import IRNet
 from qaclims.path_index import PathIndex
 from qaclims.tables import read_class_names
-from qaclims.trainer import train
+from qaclims.trainer import run_key, train
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,13 @@ def run(
     seed: int,
     workers: int = 0,
 ) -> dict[str, float]:
-    """Train IRNet on the IR labels of `split`; write its state dict (with mean shift) to `out`."""
+    """Train IRNet on the IR labels of `split`; write its state dict (with mean shift) to `out`.
+
+    Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`, so new IR labels
+    never resume a run trained on old ones.
+    """
+    settings = {k: v for k, v in locals().items() if k not in ("out", "checkpoint_dir")}
+    checkpoint_dir = checkpoint_dir / run_key(code=code_digest(__name__), **settings)
     device = pick_device()
     num_classes = len(read_class_names(classes))
     log.info("train_irn on %s: depth %d, crop %d, radius %d", device, depth, crop_size, radius)

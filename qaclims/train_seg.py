@@ -24,13 +24,14 @@ from tqdm import tqdm
 from qaclims.atomic import atomic_path
 from qaclims.augment import normalize
 from qaclims.devices import autocast, pick_device
+from qaclims.digest import code_digest
 from qaclims.errors import InputError
 from qaclims.images import read_label_map, read_rgb
 from qaclims.labelled import IGNORE, LabelledImages, iou_report
 from qaclims.metrics import ConfusionMeter
 from qaclims.models.seg_net import build_seg_net, param_groups
 from qaclims.tables import read_class_names, read_manifest
-from qaclims.trainer import train
+from qaclims.trainer import run_key, train
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,14 @@ def run(
     seed: int,
     workers: int = 0,
 ) -> dict[str, object]:
-    """Train DeepLabV3 on the pseudo masks of `train_split`; score it on `eval_split`."""
+    """Train DeepLabV3 on the pseudo masks of `train_split`; score it on `eval_split`.
+
+    Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`, so new pseudo
+    masks never resume a run trained on old ones.
+    """
+    skip = ("out", "out_json", "checkpoint_dir")
+    settings = {k: v for k, v in locals().items() if k not in skip}
+    checkpoint_dir = checkpoint_dir / run_key(code=code_digest(__name__), **settings)
     device = pick_device()
     names = ["background", *read_class_names(classes)]
     log.info("train_seg on %s: ResNet-%d DeepLabV3, crop %d", device, depth, crop_size)

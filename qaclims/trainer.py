@@ -46,19 +46,27 @@ log = logging.getLogger(__name__)
 CHECKPOINT_GLOB = "epoch-*.pt"
 
 
+def _identity(value: Any) -> Any:
+    """What a setting contributes to a run key: files and folders by (path, size, mtime)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_identity(v) for v in value)
+    if isinstance(value, Path) and value.is_file():
+        stat = value.stat()
+        return (str(value), stat.st_size, stat.st_mtime_ns)
+    if isinstance(value, Path) and value.is_dir():
+        files = sorted(p for p in value.rglob("*") if p.is_file())
+        return (str(value), tuple(_identity(p) for p in files))
+    return value if isinstance(value, (int, float, bool)) else str(value)
+
+
 def run_key(**settings: Any) -> str:
-    """Hash naming a run's checkpoint folder: its settings and input files (path, size, mtime).
+    """Hash naming a run's checkpoint folder: its settings and input files or folders.
 
     Stages put their code digest among the settings. A change of config, code or input
-    then starts from scratch in a new folder, while a killed job restarted unchanged
-    finds its own checkpoints again.
+    (a file or any file in an input folder: path, size, mtime) then starts from scratch in
+    a new folder, while a killed job restarted unchanged finds its own checkpoints again.
     """
-    parts = []
-    for name, value in sorted(settings.items()):
-        if isinstance(value, Path) and value.is_file():
-            stat = value.stat()
-            value = (str(value), stat.st_size, stat.st_mtime_ns)
-        parts.append((name, value if isinstance(value, (tuple, int, float, bool)) else str(value)))
+    parts = [(name, _identity(value)) for name, value in sorted(settings.items())]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 

@@ -106,6 +106,18 @@ def test_irn_resume_is_bit_identical(tmp_path, monkeypatch):
     load_irn(tmp_path / "a.pt", depth=18)
 
 
+def test_new_ir_labels_never_resume_an_old_run(tmp_path):
+    manifest, classes, labels = write_dataset(tmp_path, [(40, 36), (30, 44)], "train", 2)
+    ck = tmp_path / "ck"
+    _train(tmp_path, manifest, classes, labels, ck, tmp_path / "a.pt")
+    _train(tmp_path, manifest, classes, labels, ck, tmp_path / "a.pt")
+    assert len(list(ck.iterdir())) == 1  # unchanged inputs: the same run folder
+    first = sorted(labels.glob("*.png"))[0]
+    save_label_png(np.zeros_like(np.asarray(Image.open(first))), first)
+    summary = _train(tmp_path, manifest, classes, labels, ck, tmp_path / "b.pt")
+    assert len(list(ck.iterdir())) == 2 and summary["steps"] == 4
+
+
 def test_palette_png_round_trip(tmp_path):
     labels = np.random.default_rng(1).integers(0, 6, (17, 23)).astype(np.uint8)
     labels[0, :5] = 255
