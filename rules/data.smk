@@ -8,6 +8,8 @@ if IS_DEMO:
             directory(DATASET["root"]),
         log:
             f"{LOGS}/demo_data.log",
+        benchmark:
+            f"{BENCH}/demo_data.tsv"
         conda:
             "../envs/qaclims.yaml"
         threads: 1
@@ -35,6 +37,8 @@ rule manifest:
         classes=f"{RESULTS}/classes.parquet",
     log:
         f"{LOGS}/manifest.log",
+    benchmark:
+        f"{BENCH}/manifest.tsv"
     conda:
         "../envs/qaclims.yaml"
     threads: 4
