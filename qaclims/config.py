@@ -64,6 +64,45 @@ def _load(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _subschema(schema: dict[str, Any], key: str | int) -> dict[str, Any]:
+    if isinstance(key, int):
+        return schema.get("items", {})
+    return schema.get("properties", {}).get(key, {})
+
+
+def _typed(value: Any, schema: dict[str, Any], depth: int) -> Any:
+    """`value` with nested command-line strings read as YAML where the schema wants no string."""
+    if isinstance(value, dict):
+        return {k: _typed(v, _subschema(schema, k), depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v, _subschema(schema, i), depth + 1) for i, v in enumerate(value)]
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    wants_text = "string" in types or "enum" in schema
+    if depth < 2 or not isinstance(value, str) or (wants_text and value not in ("null", "~")):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def typed_overrides(cli: dict[str, Any]) -> dict[str, Any]:
+    """Typed `--config` values: Snakemake reads `crf={fg_threshold: 0.35}` with YAML's base
+    loader, so every nested scalar arrives as a string; read those as YAML (0.35, true,
+    null, [1, 2]) wherever the schema does not expect a string."""
+    return _typed(cli, load_schema(), 0)
+
+
+def merge(config: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Update `config` in place, nested mappings key by key (as Snakemake merges them)."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            merge(config[key], value)
+        else:
+            config[key] = value
+
+
 def check_config(config: dict[str, Any], files: Iterable[str | os.PathLike] = ()) -> None:
     """Raise InputError naming the key and the file for the first problem found.
 

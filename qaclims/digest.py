@@ -1,19 +1,49 @@
-"""Code digests: a hash of the source a stage runs, for Snakemake params.
+"""Code digests: what a stage runs, for its rule's settings param and its stores' keys.
 
-Snakemake's code trigger sees a rule's own code, not the modules it imports, so each rule
-carries `code_digest("<module>")` as a param. The digest covers the module, every qaclims
-module it imports (transitively) and the package `__init__` files on the way, by content:
-an edit reruns exactly the rules that run the edited code; a touched mtime reruns nothing.
+Snakemake's code trigger sees a rule's own shell text, not the modules it imports, so each
+rule's settings carry `code_digest("<module>")`. The digest covers the module, every qaclims
+module it imports (transitively), the package `__init__` files on the way and the CLI entry
+every job runs (`qaclims/cli.py`, `qaclims/__main__.py`). It hashes the syntax tree with
+docstrings dropped (comments never reach it), so an edit to a comment, a docstring or the
+formatting reruns nothing; a touched mtime reruns nothing.
+
+The CLI's stage table (`STAGES`) is left out of the CLI's digest: which module a stage runs
+is already in the digest (its closure), so adding a stage to the table reruns no other one.
+
+`library_versions` lists the installed versions of the numerics-shaping libraries the
+closure imports (a transformers upgrade can change VQA answers; a pyarrow one cannot).
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 PACKAGE = "qaclims"
 PACKAGE_ROOT = Path(__file__).resolve().parent
+ENTRY = f"{PACKAGE}.cli"
+ENTRY_FILES = ("__main__.py",)
+STAGE_TABLE = "STAGES"
+
+# import name -> distribution, for the libraries whose behaviour shapes artifacts' numbers.
+NUMERIC_LIBRARIES = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "transformers": "transformers",
+    "open_clip": "open_clip_torch",
+    "numpy": "numpy",
+    "PIL": "pillow",
+    "cv2": "opencv-python-headless",
+    "pydensecrf": "pydensecrf2",
+    "lemminflect": "lemminflect",
+    "nltk": "nltk",
+    "pycocotools": "pycocotools",
+}
+# Modules whose third-party imports only resolve names (no numbers flow through them).
+NAME_RESOLVERS = ("fingerprint.py",)
 
 
 def _module_file(name: str, root: Path) -> Path | None:
@@ -40,9 +70,8 @@ def _package_inits(name: str, root: Path) -> list[Path]:
     return inits
 
 
-def _imports(path: Path, name: str, is_package: bool) -> set[str]:
-    """Absolute names of the modules `path` imports (relative imports resolved)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+def _imports(tree: ast.AST, name: str, is_package: bool) -> set[str]:
+    """Absolute names of the modules a parsed module imports (relative imports resolved)."""
     package = name if is_package else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -60,9 +89,25 @@ def _imports(path: Path, name: str, is_package: bool) -> set[str]:
     return found
 
 
-def module_closure(name: str, root: Path = PACKAGE_ROOT) -> list[Path]:
-    """Files of `name` and of every in-package module it imports, transitively, sorted."""
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime): the memo key of a file's parse, so an edited file is parsed again."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@cache
+def _imports_of(path: Path, name: str, stamp: tuple[int, int]) -> frozenset[str]:
+    return frozenset(_imports(_parse(path), name, path.name == "__init__.py"))
+
+
+def _closure(name: str, root: Path) -> tuple[list[Path], set[str]]:
+    """In-package files of `name` and its imports (transitively), and every import name."""
     seen: dict[str, Path] = {}
+    imported: set[str] = set()
     todo = [name]
     while todo:
         current = todo.pop()
@@ -74,18 +119,94 @@ def module_closure(name: str, root: Path = PACKAGE_ROOT) -> list[Path]:
         seen[current] = path
         for init in _package_inits(current, root):
             seen.setdefault(str(init), init)
-        todo.extend(_imports(path, current, path.name == "__init__.py"))
+        names = _imports_of(path, current, _stamp(path))
+        if path.name not in NAME_RESOLVERS:
+            imported |= names
+        todo.extend(names)
     if name not in seen:
         raise KeyError(f"{name} is not a module of the {PACKAGE} package under {root}")
-    return sorted(set(seen.values()))
+    return sorted(set(seen.values())), imported
 
 
-def code_digest(name: str, root: Path = PACKAGE_ROOT) -> str:
-    """SHA-256 (first 16 hex digits) over the relative paths and contents of the closure."""
+def module_closure(name: str, root: Path = PACKAGE_ROOT) -> list[Path]:
+    """Files of `name` and of every in-package module it imports, transitively, sorted."""
+    return _closure(name, root)[0]
+
+
+def _strip_docstrings(tree: ast.Module) -> ast.Module:
+    """The tree without module, class and function docstrings (they never run)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _without_stage_table(tree: ast.Module) -> ast.Module:
+    """The CLI's tree without its `STAGES = {...}` table (see the module docstring)."""
+
+    def is_table(node: ast.stmt) -> bool:
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
+        return any(isinstance(t, ast.Name) and t.id == STAGE_TABLE for t in targets)
+
+    tree.body = [node for node in tree.body if not is_table(node)]
+    return tree
+
+
+def source_digest(path: Path) -> str:
+    """SHA-256 of a module's syntax tree without docstrings: meaning, not bytes."""
+    return _source_digest(path, _stamp(path))
+
+
+@cache
+def _source_digest(path: Path, stamp: tuple[int, int]) -> str:
+    tree = _strip_docstrings(_parse(path))
+    if path.name == "cli.py":
+        tree = _without_stage_table(tree)
+    dumped = ast.dump(tree, annotate_fields=False, include_attributes=False)
+    return hashlib.sha256(dumped.encode()).hexdigest()
+
+
+def code_digest(name: str, root: Path = PACKAGE_ROOT, *, entry: bool = True) -> str:
+    """Hash (16 hex digits) of the closure of `name` plus (`entry`) the CLI, by syntax tree."""
+    files = set(module_closure(name, root))
+    if entry and _module_file(ENTRY, root) is not None:
+        files |= set(module_closure(ENTRY, root))
+        files |= {root / f for f in ENTRY_FILES if (root / f).is_file()}
     digest = hashlib.sha256()
-    for path in module_closure(name, root):
+    for path in sorted(files):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(b"\0")
-        digest.update(path.read_bytes())
+        digest.update(source_digest(path).encode())
         digest.update(b"\0")
     return digest.hexdigest()[:16]
+
+
+@cache
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions(name: str, root: Path = PACKAGE_ROOT) -> dict[str, str]:
+    """Installed versions of the numerics-shaping libraries the closure of `name` imports."""
+    imported = {n.partition(".")[0] for n in _closure(name, root)[1]}
+    versions = {}
+    for module, distribution in sorted(NUMERIC_LIBRARIES.items()):
+        if module in imported and (version := _version(distribution)) is not None:
+            versions[distribution] = version
+    return versions

@@ -3,44 +3,43 @@
 ALGORITHM §1. In: the manifest (train split, one shard), classes.parquet and a BLIP VQA
 model. Out: qape/fg/shard-K.parquet and qape/bg/shard-K.parquet (QAPE_SCHEMA, one row
 per image, class and question, raw answer and its noun lemma; the model id in the file
-metadata). Each image is encoded once for all its questions (models/blip.py).
+metadata).
 
-Resume: images are taken in fixed chunks (sorted image ids). Each finished chunk is kept
-in a partial folder under a name that hashes the settings and the chunk's images, so a
-rerun after a kill redoes only the unfinished chunks and writes the same files.
+Answers are reused per (image content, question) from the answer store
+(`qaclims/answer_store.py`), keyed by the model's fingerprint, the answering settings and
+code, and library versions, so new images or another shard layout ask only what was never
+asked, and a killed job keeps its finished chunks. The log says how many (image, question)
+pairs were answered and how many reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
-import hashlib
-import json
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from qaclims.devices import autocast, limit_cpu_threads, pick_device
+from qaclims import fingerprint, vqa_answers
+from qaclims.answer_store import AnswerStore, image_sha, store_key
+from qaclims.devices import limit_cpu_threads, pick_device
+from qaclims.digest import code_digest, library_versions
 from qaclims.errors import InputError
-from qaclims.images import read_rgb
 from qaclims.models import blip
-from qaclims.tables import QAPE_SCHEMA, read_class_names, read_manifest, read_table, write_table
+from qaclims.tables import QAPE_SCHEMA, read_class_names, read_manifest, write_table
 
 log = logging.getLogger(__name__)
 
 LEMMATIZERS = ("lemminflect", "wordnet")
 KINDS = ("fg", "bg")
 MODEL_KEY = "qaclims.vqa_model"
+ANSWERING_CODE = "qaclims.vqa_answers"
 
 
 def make_lemmatizer(kind: str, wordnet_dir: Path | None = None) -> Callable[[str], str]:
@@ -79,30 +78,27 @@ def make_lemmatizer(kind: str, wordnet_dir: Path | None = None) -> Callable[[str
     raise InputError(f"lemmatizer '{kind}' is not one of {LEMMATIZERS}")
 
 
-class _Images(Dataset):
-    """Decoded, resized, normalised images; a bad file comes back as its error message."""
+def answer_setup(model: str, answering: vqa_answers.Answering) -> dict:
+    """What the answer store is keyed by: model fingerprint, settings, code, libraries."""
+    return {
+        "model": fingerprint.vqa_identity(model, fingerprint.DigestCache.from_env()),
+        "image_size": answering.image_size,
+        "decoding": dataclasses.asdict(answering.decoding),
+        "enc_token": answering.enc_token,
+        "max_question_tokens": answering.max_question_tokens,
+        "code": code_digest(ANSWERING_CODE, entry=False),
+        "libraries": library_versions(ANSWERING_CODE),
+    }
 
-    def __init__(self, paths: list[str], size: int, mean: tuple, std: tuple) -> None:
-        self.paths, self.size, self.mean, self.std = paths, size, mean, std
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+def _image_shas(rows: list[dict]) -> list[str]:
+    shas = []
+    for row in rows:
         try:
-            image = Image.fromarray(read_rgb(self.paths[i]))
-        except InputError as err:
-            return i, None, str(err)
-        return i, blip.preprocess(image, self.size, self.mean, self.std), None
-
-
-def _collate(items: list) -> list:
-    return items
-
-
-def _chunk_key(settings: dict, rows: list[dict]) -> str:
-    payload = json.dumps([settings, [(r["image_id"], r["path"], r["labels"]) for r in rows]])
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+            shas.append(image_sha(row["path"]))
+        except OSError as err:
+            raise InputError(f"{row['path']}: cannot read image ({err.strerror})") from err
+    return shas
 
 
 def run(
@@ -128,10 +124,15 @@ def run(
     chunk_images: int = 256,
     workers: int = 2,
     threads: int | None = None,
-    partial_dir: Path | None = None,
+    store: Path | None = None,
 ) -> dict[str, float]:
-    """Write the FG and BG answer tables of one shard; returns counts and seconds."""
-    for template in (*fg_questions, *bg_questions):
+    """Write the FG and BG answer tables of one shard; returns counts and seconds.
+
+    Answers already in the `store` (default: `.answers` beside `fg_out`) are reused;
+    only the (image, question) pairs it lacks are asked, and stored chunk by chunk.
+    """
+    templates = [*fg_questions, *bg_questions]
+    for template in templates:
         if template.count("{}") != 1:
             raise InputError(f"question template '{template}' must contain '{{}}' exactly once")
     lemma_of = make_lemmatizer(lemmatizer, wordnet_dir)
@@ -147,178 +148,109 @@ def run(
                 f"{manifest}: image {row['image_id']} has class ids {bad} "
                 f"outside {classes} (0..{len(names) - 1})"
             )
-    decoding = blip.Decoding(num_beams=num_beams, max_length=max_length, min_length=min_length)
-    settings = {
-        "model": model,
-        "fg": fg_questions,
-        "bg": bg_questions,
-        "image_size": image_size,
-        "decoding": [num_beams, max_length, min_length],
-        "enc_token": enc_token,
-        "max_question_tokens": max_question_tokens,
-        "lemmatizer": lemmatizer,
-        "wordnet_dir": str(wordnet_dir),
-        "batch_images": batch_images,
-        "classes": names,
-    }
-    partial_dir = partial_dir or fg_out.parent / f".{fg_out.stem}.partial"
-    chunks = [rows[i : i + chunk_images] for i in range(0, len(rows), chunk_images)]
-    stems = [partial_dir / f"chunk-{i:05d}-{_chunk_key(settings, c)}" for i, c in enumerate(chunks)]
-    pending = [
-        i for i, stem in enumerate(stems) if not all(_part(stem, k).is_file() for k in KINDS)
-    ]
-    log.info(
-        "qape shard %d: %d images, %d chunks, %d to do", shard, len(rows), len(chunks), len(pending)
+    answering = vqa_answers.Answering(
+        image_size=image_size,
+        decoding=blip.Decoding(num_beams=num_beams, max_length=max_length, min_length=min_length),
+        enc_token=enc_token,
+        max_question_tokens=max_question_tokens,
     )
     start = time.perf_counter()
-    if pending:
+    answers = AnswerStore(
+        store or fg_out.parent / ".answers", store_key(answer_setup(model, answering))
+    )
+    shas = _image_shas(rows)
+    asked = [
+        list(dict.fromkeys(t.format(names[c]) for c in row["labels"] for t in templates))
+        for row in rows
+    ]
+    known = answers.lookup(shas)
+    todo = [
+        (i, missing)
+        for i, (sha, questions) in enumerate(zip(shas, asked, strict=True))
+        if (missing := [q for q in questions if (sha, q) not in known])
+    ]
+    to_answer = sum(len(m) for _, m in todo)
+    reused = sum(len(q) for q in asked) - to_answer
+    log.info(
+        "qape shard %d: %d images, %d (image, question) pairs: %d stored, %d to answer (%s)",
+        shard, len(rows), reused + to_answer, reused, to_answer, answers.folder,
+    )  # fmt: skip
+    if todo:
         device = pick_device()
         vqa, processor = blip.load_vqa(model, device)
-        log.info("VQA on %s, %s, %d px, %d workers", device, decoding, image_size, workers)
-        templates = [*fg_questions, *bg_questions]
-        texts = {c: [t.format(name) for t in templates] for c, name in enumerate(names)}
-        questions = _Questions(
-            texts=texts,
-            ids={
-                c: blip.question_ids(
-                    processor.tokenizer, qs, enc_token=enc_token, max_tokens=max_question_tokens
+        log.info("VQA on %s, %s, %d px, %d workers", device, answering, image_size, workers)
+        with tqdm(total=len(todo), mininterval=30, file=sys.stderr, unit="img") as bar:
+            for c in range(0, len(todo), chunk_images):
+                chunk = todo[c : c + chunk_images]
+                requests = [(rows[i]["path"], missing) for i, missing in chunk]
+                replies = vqa_answers.answer(
+                    vqa,
+                    processor,
+                    requests,
+                    answering,
+                    batch_images=batch_images,
+                    workers=workers,
+                    progress=bar.update,
                 )
-                for c, qs in texts.items()
-            },
-            n_fg=len(fg_questions),
-        )
-        done = len(rows) - sum(len(chunks[i]) for i in pending)
-        with tqdm(
-            total=len(rows), initial=done, mininterval=30, file=sys.stderr, unit="img"
-        ) as bar:
-            _answer_chunks(
-                [chunks[i] for i in pending],
-                [stems[i] for i in pending],
-                vqa,
-                processor,
-                questions,
-                names=names,
-                image_size=image_size,
-                decoding=decoding,
-                lemma_of=lemma_of,
-                batch_images=batch_images,
-                workers=workers,
-                bar=bar,
-            )
-    for kind, out in zip(KINDS, (fg_out, bg_out), strict=True):
-        parts = [read_table(_part(stem, kind), QAPE_SCHEMA) for stem in stems]
-        table = pa.concat_tables(parts) if parts else QAPE_SCHEMA.empty_table()
-        write_table(table, out, QAPE_SCHEMA, {MODEL_KEY: model})
-    shutil.rmtree(partial_dir, ignore_errors=True)
-    pairs = sum(len(r["labels"]) for r in rows)
+                new = {
+                    (shas[i], q): a
+                    for (i, missing), per_image in zip(chunk, replies, strict=True)
+                    for q, a in zip(missing, per_image, strict=True)
+                }
+                answers.add(new)
+                known.update(new)
+    _write_tables(
+        rows, known, shas, names, fg_questions, bg_questions, lemma_of, fg_out, bg_out, model
+    )
     summary = {
         "images": len(rows),
-        "pairs": pairs,
-        "questions": pairs * (len(fg_questions) + len(bg_questions)),
-        "reused_chunks": len(chunks) - len(pending),
+        "pairs": sum(len(r["labels"]) for r in rows),
+        "questions": reused + to_answer,
+        "answered": to_answer,
+        "reused": reused,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    log.info("qape shard %d done: %s", shard, summary)
+    log.info(
+        "qape shard %d done: %d (image, question) pairs answered, %d reused; %s",
+        shard, to_answer, reused, summary,
+    )  # fmt: skip
     return summary
 
 
-@dataclass(frozen=True)
-class _Questions:
-    """The questions about each class id, FG ones first, as text and as token ids."""
-
-    texts: dict[int, list[str]]
-    ids: dict[int, list[list[int]]]
-    n_fg: int
-
-
-def _part(stem: Path, kind: str) -> Path:
-    return stem.with_name(f"{stem.name}.{kind}.parquet")
-
-
-def _answer_chunks(
-    chunks: list[list[dict]],
-    stems: list[Path],
-    vqa: blip.BlipForQuestionAnswering,
-    processor: blip.BlipProcessor,
-    questions: _Questions,
-    *,
+def _write_tables(
+    rows: list[dict],
+    known: dict[tuple[str, str], str],
+    shas: list[str],
     names: list[str],
-    image_size: int,
-    decoding: blip.Decoding,
+    fg_questions: list[str],
+    bg_questions: list[str],
     lemma_of: Callable[[str], str],
-    batch_images: int,
-    workers: int,
-    bar: tqdm,
+    fg_out: Path,
+    bg_out: Path,
+    model: str,
 ) -> None:
-    """Answer every question about the chunks' images, saving each chunk once it is done."""
-    device = vqa.device
-    flat = [row for chunk in chunks for row in chunk]
-    plan = []  # (chunk, its image indices in this batch, last batch of the chunk)
-    first = 0
-    for k, chunk in enumerate(chunks):
-        for b in range(0, len(chunk), batch_images):
-            end = min(b + batch_images, len(chunk))
-            plan.append((k, list(range(first + b, first + end)), end == len(chunk)))
-        first += len(chunk)
-    image_processor = processor.image_processor
-    dataset = _Images(
-        [r["path"] for r in flat],
-        image_size,
-        tuple(image_processor.image_mean),
-        tuple(image_processor.image_std),
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=[indices for _, indices, _ in plan],
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-    )
-    answers: list[list[str]] = []
-    for (k, _, last), items in zip(plan, loader, strict=True):
-        errors = [err for _, _, err in items if err is not None]
-        if errors:
-            raise InputError(errors[0])
-        pixels = torch.stack([x for _, x, _ in items]).to(device, non_blocking=True)
-        asked = [[q for c in flat[i]["labels"] for q in questions.ids[c]] for i, _, _ in items]
-        with autocast(device):
-            ids = blip.answer_ids(vqa, pixels, asked, decoding)
-        answers += [blip.decode(processor.tokenizer, per_image) for per_image in ids]
-        bar.update(len(items))
-        if last:
-            _save_chunk(chunks[k], answers, questions, names, lemma_of, stems[k])
-            answers = []
-
-
-def _save_chunk(
-    chunk: list[dict],
-    answers: list[list[str]],
-    questions: _Questions,
-    names: list[str],
-    lemma_of: Callable[[str], str],
-    stem: Path,
-) -> None:
-    """Write one chunk's FG and BG rows (BG first: the FG file marks the chunk done)."""
+    """One row per (image, class, question) of each kind, BG first (FG completes the pair)."""
     out: dict[str, list[dict]] = {kind: [] for kind in KINDS}
-    for row, per_image in zip(chunk, answers, strict=True):
-        asked = [(c, q, text) for c in row["labels"] for q, text in enumerate(questions.texts[c])]
-        for (c, q, text), answer in zip(asked, per_image, strict=True):
-            kind, qid = ("fg", q) if q < questions.n_fg else ("bg", q - questions.n_fg)
-            out[kind].append(
-                {
-                    "image_id": row["image_id"],
-                    "class_id": c,
-                    "class_name": names[c],
-                    "question_id": qid,
-                    "question": text,
-                    "answer": answer,
-                    "lemma": lemma_of(answer),
-                }
-            )
-    for kind in reversed(KINDS):
-        write_table(
-            pa.Table.from_pylist(out[kind], schema=QAPE_SCHEMA), _part(stem, kind), QAPE_SCHEMA
-        )
+    for row, sha in zip(rows, shas, strict=True):
+        for c in row["labels"]:
+            for kind, templates in (("fg", fg_questions), ("bg", bg_questions)):
+                for qid, template in enumerate(templates):
+                    question = template.format(names[c])
+                    answer = known[(sha, question)]
+                    out[kind].append(
+                        {
+                            "image_id": row["image_id"],
+                            "class_id": c,
+                            "class_name": names[c],
+                            "question_id": qid,
+                            "question": question,
+                            "answer": answer,
+                            "lemma": lemma_of(answer),
+                        }
+                    )
+    for kind, path in (("bg", bg_out), ("fg", fg_out)):
+        table = pa.Table.from_pylist(out[kind], schema=QAPE_SCHEMA)
+        write_table(table, path, QAPE_SCHEMA, {MODEL_KEY: model})
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -343,7 +275,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-images", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="the job's cores (workers included)")
-    p.add_argument("--partial-dir", type=Path, default=None, help="finished chunks (resume)")
+    p.add_argument("--store", type=Path, default=None, help="answer store folder (reuse)")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -369,5 +301,5 @@ def main(args: argparse.Namespace) -> None:
         chunk_images=args.chunk_images,
         workers=args.workers,
         threads=args.threads,
-        partial_dir=args.partial_dir,
+        store=args.store,
     )

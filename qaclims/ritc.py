@@ -31,7 +31,7 @@ from qaclims.models.cam_net import load_cam_net
 from qaclims.models.mask_clip import MaskCLIPImage, load_image_tower
 from qaclims.pair_text import PairTexts, load_pair_texts
 from qaclims.tables import read_class_names
-from qaclims.trainer import rank_device, run_key, train
+from qaclims.trainer import NOT_RUN_SETTINGS, rank_device, run_key, train
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def run(
     `clip_mode` is "mask_adapted" (OV-Seg mask prompts, §4) or "plain".
     Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`.
     """
-    settings = {k: v for k, v in locals().items() if k not in ("out", "checkpoint_dir")}
+    settings = {k: v for k, v in locals().items() if k not in NOT_RUN_SETTINGS}
     checkpoint_dir = checkpoint_dir / run_key(code=code_digest(__name__), **settings)
     if clip_mode not in ("mask_adapted", "plain"):
         raise InputError(f"clip mode '{clip_mode}' is not mask_adapted or plain")

@@ -24,7 +24,7 @@ from qaclims.digest import code_digest
 from qaclims.models.backbone import FixedBatchNorm
 from qaclims.models.cam_net import CAMNet
 from qaclims.tables import read_class_names
-from qaclims.trainer import rank_device, run_key, train
+from qaclims.trainer import NOT_RUN_SETTINGS, rank_device, run_key, train
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def run(
     Returns the trainer's summary plus the training-set label accuracy and exact match.
     Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`.
     """
-    settings = {k: v for k, v in locals().items() if k not in ("out", "checkpoint_dir")}
+    settings = {k: v for k, v in locals().items() if k not in NOT_RUN_SETTINGS}
     checkpoint_dir = checkpoint_dir / run_key(code=code_digest(__name__), **settings)
     device = rank_device()
     names = read_class_names(classes)

@@ -29,7 +29,7 @@ from qaclims.labelled import IGNORE, LabelledImages
 from qaclims.models.irn_net import IRNet
 from qaclims.path_index import PathIndex
 from qaclims.tables import read_class_names
-from qaclims.trainer import run_key, train
+from qaclims.trainer import NOT_RUN_SETTINGS, run_key, train
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def run(
     Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`, so new IR labels
     never resume a run trained on old ones.
     """
-    settings = {k: v for k, v in locals().items() if k not in ("out", "checkpoint_dir")}
+    settings = {k: v for k, v in locals().items() if k not in NOT_RUN_SETTINGS}
     checkpoint_dir = checkpoint_dir / run_key(code=code_digest(__name__), **settings)
     device = pick_device()
     num_classes = len(read_class_names(classes))

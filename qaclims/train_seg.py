@@ -31,7 +31,7 @@ from qaclims.labelled import IGNORE, LabelledImages, iou_report
 from qaclims.metrics import ConfusionMeter
 from qaclims.models.seg_net import build_seg_net, param_groups
 from qaclims.tables import read_class_names, read_manifest
-from qaclims.trainer import run_key, train
+from qaclims.trainer import NOT_RUN_SETTINGS, run_key, train
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,7 @@ def run(
     Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`, so new pseudo
     masks never resume a run trained on old ones.
     """
-    skip = ("out", "out_json", "checkpoint_dir")
-    settings = {k: v for k, v in locals().items() if k not in skip}
+    settings = {k: v for k, v in locals().items() if k not in NOT_RUN_SETTINGS}
     checkpoint_dir = checkpoint_dir / run_key(code=code_digest(__name__), **settings)
     device = pick_device()
     names = ["background", *read_class_names(classes)]

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,10 @@ from qaclims.errors import InputError
 log = logging.getLogger(__name__)
 
 CHECKPOINT_GLOB = "epoch-*.pt"
+# run() arguments that are no part of a run's identity: where outputs go, and speed knobs
+# (results do not depend on the number of loader workers: `_worker_init`, `_epoch_seed`).
+NOT_RUN_SETTINGS = ("out", "out_json", "checkpoint_dir", "workers")
+RUN_KEY_LENGTH = 16
 
 
 def _identity(value: Any) -> Any:
@@ -67,7 +72,24 @@ def run_key(**settings: Any) -> str:
     a new folder, while a killed job restarted unchanged finds its own checkpoints again.
     """
     parts = [(name, _identity(value)) for name, value in sorted(settings.items())]
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:RUN_KEY_LENGTH]
+
+
+def prune_superseded(run_dir: Path) -> list[Path]:
+    """Remove the other run folders beside `run_dir`: runs of superseded settings.
+
+    Only the run being trained can be resumed (its key names the current settings, code
+    and inputs), so the others are dead weight: a RITC checkpoint is hundreds of MB.
+    """
+    removed = []
+    parent = run_dir.parent
+    for other in sorted(parent.iterdir()) if parent.is_dir() else []:
+        name = other.name
+        is_run = len(name) == RUN_KEY_LENGTH and all(c in "0123456789abcdef" for c in name)
+        if other.is_dir() and is_run and other != run_dir:
+            shutil.rmtree(other, ignore_errors=True)
+            removed.append(other)
+    return removed
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -221,6 +243,9 @@ def train(
         "poly_power": poly_power,
     }
     fingerprint = _fingerprint(model, settings)
+    if rank == 0:
+        for old in prune_superseded(checkpoint_dir):
+            log.info("removed %s: a run of superseded settings", old)
     # bf16 only: fp16 would need loss scaling, which none of the reference setups use.
     amp_on = amp and autocast_dtype(device) == torch.bfloat16
 

@@ -20,18 +20,21 @@ rule cams:
         mem_mb=16000,
         runtime=120,
     params:
-        split=DATASET["train_split"],
-        depth=config["cam"]["depth"],
-        scales=config["cam_infer"]["scales"],
-        storage=config["cam_infer"]["storage"],
-        batch=config["cam_infer"]["batch_images"],
-        code=code_digest("qaclims.cams"),
+        **stage(
+            "qaclims.cams",
+            {
+                "split": DATASET["train_split"],
+                "depth": config["cam"]["depth"],
+                **section("cam_infer", ("batch_images",)),
+            },
+            speed={"batch_images": config["cam_infer"]["batch_images"]},
+            threads_flag="workers",
+        ),
     shell:
         "python -m qaclims.gpu_binding {resources.gpu} --"
         " python -m qaclims cams --manifest {input.manifest} --classes {input.classes}"
-        " --model {input.model} --out {output} --split {params.split} --shard {wildcards.shard}"
-        " --depth {params.depth} --scales {params.scales} --storage {params.storage}"
-        " --batch-images {params.batch} --workers {threads} > {log} 2>&1"
+        " --model {input.model} --out {output} --shard {wildcards.shard}"
+        " {params.flags} > {log} 2>&1"
 
 
 rule eval_cam:
@@ -69,16 +72,11 @@ rule eval_cam:
         mem_mb=4000,
         runtime=60,
     params:
-        split=DATASET["eval_split"],
-        t=config["cam_eval"]["bg_threshold"],
-        start=config["cam_eval"]["sweep_start"],
-        stop=config["cam_eval"]["sweep_stop"],
-        step=config["cam_eval"]["sweep_step"],
-        vis=config["cam_eval"]["vis_images"],
-        code=code_digest("qaclims.eval_cam"),
+        **stage(
+            "qaclims.eval_cam",
+            {"split": DATASET["eval_split"], **section("cam_eval")},
+        ),
     shell:
         "python -m qaclims eval_cam --manifest {input.manifest} --classes {input.classes}"
-        " --cams {input.cams} --split {params.split} --bg-threshold {params.t}"
-        " --sweep-start {params.start} --sweep-stop {params.stop} --sweep-step {params.step}"
-        " --vis-images {params.vis} --out-json {output.json} --out-csv {output.csv}"
-        " --out-bars {output.bars} --out-vis {output.vis} > {log} 2>&1"
+        " --cams {input.cams} --out-json {output.json} --out-csv {output.csv}"
+        " --out-bars {output.bars} --out-vis {output.vis} {params.flags} > {log} 2>&1"

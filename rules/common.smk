@@ -1,4 +1,5 @@
-# Shared helpers: config validation, paths, shards, code digests.
+# Shared helpers: config validation, paths, shards, sources, each rule's settings and flags.
+import os
 import sys
 from pathlib import Path
 
@@ -10,9 +11,11 @@ shell.prefix(
     )
 )
 
-from qaclims.config import check_config
-from qaclims.digest import code_digest
+from qaclims import fingerprint
+from qaclims.config import check_config, merge, typed_overrides
+from qaclims.digest import code_digest, library_versions
 from qaclims.errors import InputError
+from qaclims.provenance import Source, rule_flags, rule_settings
 
 
 def _config_files():
@@ -21,6 +24,8 @@ def _config_files():
     return [str(Path(workflow.basedir) / "config.yaml")] + cli
 
 
+# --config 'crf={fg_threshold: 0.35}' arrives as strings below the top level: type them.
+merge(config, typed_overrides(dict(workflow.config_settings.config)))
 try:
     check_config(config, _config_files())
 except InputError as err:
@@ -35,15 +40,77 @@ SHARDS = list(range(DATASET["shards"]))
 IS_DEMO = DATASET["kind"] == "demo"
 IS_COCO = DATASET["kind"] == "coco14"
 
+# Model digests survive between runs here (keyed by path, size, mtime); jobs read it too.
+DIGESTS = fingerprint.DigestCache(Path(".snakemake/qaclims/digests.json").resolve())
+os.environ[fingerprint.CACHE_ENV] = str(DIGESTS.path)
 
-def weights_input(weights):
-    """{"weights": path} when a model's init weights are a file (a DAG input), else {}."""
-    return {"weights": weights} if str(weights).endswith((".pt", ".pth")) else {}
+
+def built(path):
+    """Whether a configured path is an artifact of this workflow (under results/<name>/)."""
+    return os.path.normpath(str(path)).startswith(RESULTS + os.sep)
 
 
-def optional_flag(flag, value):
-    """`flag value`, or nothing when the config value is null (the stage's default: None)."""
-    return "" if value is None else f"{flag} {value}"
+def source(key, value, identify, *, workflow_builds=False):
+    """A Source for config `key`: built here (a DAG input), None, or identified by content."""
+    if value is None:
+        return Source(None, {"none": True})
+    if workflow_builds or built(value):
+        return Source(str(value), {"built": os.path.normpath(str(value))}, [str(value)])
+    try:
+        identity = identify(str(value))
+    except InputError as err:
+        raise WorkflowError(f"config key '{key}': {err}")
+    DIGESTS.save()
+    return Source(str(value), identity)
+
+
+def backbone_source(key, depth, weights):
+    return source(
+        key, weights, lambda w: fingerprint.backbone_identity(depth, w, DIGESTS)
+    )
+
+
+def section(name, drop=()):
+    """Config section `name` without its resource keys (threads, gpu) and `drop`."""
+    return {k: v for k, v in config[name].items() if k not in ("threads", "gpu", *drop)}
+
+
+def stage(module, values, *, sources=None, speed=None, threads_flag=None):
+    """The params of a job that runs `module`. `settings` is compared, `flags` is not.
+
+    `values` are the config values that shape the artifacts, by flag name; `sources` the
+    models/datasets read; `speed` knobs and `threads_flag` (gets the job's threads) only
+    reach the command line. See qaclims/provenance.py.
+    """
+    sources = sources or {}
+    settings = rule_settings(
+        code=code_digest(module),
+        libraries=library_versions(module),
+        values=values,
+        sources=sources,
+    )
+
+    def flags(wildcards, threads):
+        knobs = dict(speed or {})
+        if threads_flag:
+            knobs[threads_flag] = threads
+        return rule_flags(values, sources, knobs)
+
+    return {"settings": settings, "flags": flags}
+
+
+def ritc_values():
+    """RITC's settings by flag name: its section, the CAMNet depth, the CLIP and prompt."""
+    values = section("ritc", ("workers",))
+    weights = values.pop("loss_weights")
+    return {
+        **values,
+        "loss_weights": [weights[k] for k in ("frc", "brc", "reg")],
+        "split": DATASET["train_split"],
+        "depth": config["cam"]["depth"],
+        "clip_architecture": config["models"]["clip"]["architecture"],
+        "prompt": config["text"]["prompt"],
+    }
 
 
 def torch_launch(gpus):
@@ -54,17 +121,23 @@ def torch_launch(gpus):
 
 
 def final_targets():
-    """The deliverables: models, per-shard CAMs, IR labels and pseudo masks, every eval.
+    """The deliverables: every model, per-shard CAMs, IR labels, pseudo masks, every eval.
 
     Per-shard artifacts are listed so that a deleted shard is rebuilt (with what depends
     on it); VQA shards are not, so deleting them never triggers hours of VQA.
     """
     per_shard = ("cams/shard-{}.npz", "ir_labels/shard-{}", "pseudo_masks/shard-{}")
-    return [
-        f"{RESULTS}/text/features.parquet",
-        f"{RESULTS}/models/ritc.pt",
-        *[f"{RESULTS}/{pattern.format(s)}" for pattern in per_shard for s in SHARDS],
-        f"{RESULTS}/eval/cam.json",
-        f"{RESULTS}/eval/pseudo_masks.json",
-        f"{RESULTS}/eval/summary.md",
+    seg = ["models/seg.pt", "eval/seg.json"] if config["seg"]["enabled"] else []
+    whole = [
+        "text/features.parquet",
+        "models/cam_baseline.pt",
+        "models/ritc.pt",
+        "models/irn.pt",
+        *seg,
+        "eval/cam.json",
+        "eval/pseudo_masks.json",
+        "eval/summary.md",
+    ]
+    return [f"{RESULTS}/{p}" for p in whole] + [
+        f"{RESULTS}/{pattern.format(s)}" for pattern in per_shard for s in SHARDS
     ]

@@ -17,20 +17,26 @@ if IS_DEMO:
             mem_mb=1000,
             runtime=10,
         params:
-            seed=config["demo"]["seed"],
-            train=config["demo"]["train_images"],
-            val=config["demo"]["val_images"],
-            size=config["demo"]["image_size"],
-            code=code_digest("qaclims.datasets.demo"),
+            **stage("qaclims.datasets.demo", config["demo"]),
         shell:
-            "python -m qaclims demo_data --out {output} --seed {params.seed}"
-            " --train-images {params.train} --val-images {params.val}"
-            " --image-size {params.size} > {log} 2>&1"
+            "python -m qaclims demo_data --out {output} {params.flags} > {log} 2>&1"
+
+
+# The manifest is the dataset's provenance: a rebuilt demo (an input) or, for a real dataset,
+# its root's identity (folder and list-file stamps, qaclims/fingerprint.py) reruns it.
+DATASET_ROOT = source(
+    "dataset.root",
+    DATASET["root"],
+    lambda root: fingerprint.dataset_identity(
+        DATASET["kind"], root, DATASET.get("sbd_root")
+    ),
+    workflow_builds=IS_DEMO,
+)
 
 
 rule manifest:
     input:
-        root=DATASET["root"] if IS_DEMO else [],
+        root=DATASET_ROOT.inputs,
     output:
         **({"gt": directory(f"{RESULTS}/gt_masks")} if IS_COCO else {}),
         manifest=f"{RESULTS}/manifest.parquet",
@@ -46,24 +52,19 @@ rule manifest:
         mem_mb=4000,
         runtime=60,
     params:
-        kind=DATASET["kind"],
-        root=lambda wildcards, input: input.root or DATASET["root"],
-        gt=lambda wildcards, output: f"--gt-dir {output.gt}" if IS_COCO else "",
-        shards=DATASET["shards"],
-        sbd=f"--sbd-root {DATASET['sbd_root']}" if DATASET.get("sbd_root") else "",
-        max_images=(
-            f"--max-images {DATASET['max_images']}"
-            if DATASET.get("max_images")
-            else ""
+        **stage(
+            "qaclims.manifest",
+            {
+                "kind": DATASET["kind"],
+                "sbd_root": DATASET.get("sbd_root"),
+                "max_images": DATASET.get("max_images"),
+                "shards": DATASET["shards"],
+            },
+            sources={"root": DATASET_ROOT},
+            speed={"verify_images": DATASET.get("verify_images", True)},
+            threads_flag="workers",
         ),
-        verify=(
-            "--verify-images"
-            if DATASET.get("verify_images", True)
-            else "--no-verify-images"
-        ),
-        code=code_digest("qaclims.manifest"),
+        gt=f"--gt-dir {RESULTS}/gt_masks" if IS_COCO else "",
     shell:
-        "python -m qaclims manifest --kind {params.kind} --root {params.root}"
-        " --manifest {output.manifest} --classes {output.classes} {params.gt}"
-        " --shards {params.shards} {params.sbd} {params.max_images} {params.verify}"
-        " --workers {threads} > {log} 2>&1"
+        "python -m qaclims manifest --manifest {output.manifest} --classes {output.classes}"
+        " {params.gt} {params.flags} > {log} 2>&1"

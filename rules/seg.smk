@@ -1,12 +1,16 @@
 # Final segmentation on the pseudo masks (optional: seg.enabled) and the summary table.
 
+SEG_WEIGHTS = backbone_source(
+    "seg.weights", config["seg"]["depth"], config["seg"]["weights"]
+)
+
 
 rule train_seg:
     input:
-        **weights_input(config["seg"]["weights"]),
         manifest=f"{RESULTS}/manifest.parquet",
         classes=f"{RESULTS}/classes.parquet",
         masks=expand(f"{RESULTS}/pseudo_masks/shard-{{shard}}", shard=SHARDS),
+        weights=SEG_WEIGHTS.inputs,
     output:
         model=f"{RESULTS}/models/seg.pt",
         json=report(
@@ -26,35 +30,25 @@ rule train_seg:
         mem_mb=24000,
         runtime=720,
     params:
-        launch=torch_launch(config["seg"]["gpu"]),
-        train_split=DATASET["train_split"],
-        eval_split=DATASET["seg_split"],
-        checkpoints=f"{RESULTS}/checkpoints/seg",
-        depth=config["seg"]["depth"],
-        weights=lambda wildcards, input: optional_flag(
-            "--weights", getattr(input, "weights", config["seg"]["weights"])
+        **stage(
+            "qaclims.train_seg",
+            {
+                "train_split": DATASET["train_split"],
+                "eval_split": DATASET["seg_split"],
+                **section("seg", ("enabled", "workers", "weights")),
+            },
+            sources={"weights": SEG_WEIGHTS},
+            speed={
+                "workers": config["seg"]["workers"],
+                "checkpoint_dir": f"{RESULTS}/checkpoints/seg",
+            },
         ),
-        crop=config["seg"]["crop_size"],
-        scales=config["seg"]["scale_range"],
-        batch=config["seg"]["batch_size"],
-        epochs=config["seg"]["epochs"],
-        lr=config["seg"]["lr"],
-        head_lr=config["seg"]["head_lr"],
-        wd=config["seg"]["weight_decay"],
-        momentum=config["seg"]["momentum"],
-        seed=config["seg"]["seed"],
-        workers=config["seg"]["workers"],
-        code=code_digest("qaclims.train_seg"),
+        launch=lambda wildcards, resources: torch_launch(resources.gpu),
     shell:
         "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
         " {params.launch} train_seg --manifest {input.manifest} --classes {input.classes}"
         " --masks {input.masks} --out {output.model} --out-json {output.json}"
-        " --checkpoint-dir {params.checkpoints} --train-split {params.train_split}"
-        " --eval-split {params.eval_split} --depth {params.depth} {params.weights}"
-        " --crop-size {params.crop} --scale-range {params.scales} --batch-size {params.batch}"
-        " --epochs {params.epochs} --lr {params.lr} --head-lr {params.head_lr}"
-        " --weight-decay {params.wd} --momentum {params.momentum} --seed {params.seed}"
-        " --workers {params.workers} > {log} 2>&1"
+        " {params.flags} > {log} 2>&1"
 
 
 rule summary:
@@ -79,8 +73,8 @@ rule summary:
         mem_mb=500,
         runtime=5,
     params:
+        **stage("qaclims.summary", {}),
         seg=lambda wildcards, input: f"--seg {input.seg}" if input.seg else "",
-        code=code_digest("qaclims.summary"),
     shell:
         "python -m qaclims summary --cam {input.cam} --pseudo-masks {input.masks}"
         " {params.seg} --out {output} > {log} 2>&1"

@@ -1,13 +1,29 @@
 # Text features: CLIP embeddings of every unique prompted corpus text and class name.
 
+CLIP_CONFIG = source(
+    "models.clip_config",
+    config["models"]["clip_config"],
+    lambda path: fingerprint.file_identity(path, "open_clip model config", DIGESTS),
+)
+CLIP_WEIGHTS = source(
+    "models.clip.pretrained",
+    config["models"]["clip"]["pretrained"],
+    lambda pretrained: fingerprint.clip_identity(
+        config["models"]["clip"]["architecture"],
+        pretrained,
+        config["models"]["clip_config"],
+        DIGESTS,
+    ),
+)
+
 
 rule text_features:
     input:
         fg=f"{RESULTS}/corpus/fg.parquet",
         bg=f"{RESULTS}/corpus/bg.parquet",
         classes=f"{RESULTS}/classes.parquet",
-        clip=config["models"]["clip"]["pretrained"] if IS_DEMO else [],
-        clip_config=config["models"]["clip_config"] if IS_DEMO else [],
+        clip=CLIP_WEIGHTS.inputs,
+        clip_config=CLIP_CONFIG.inputs,
     output:
         f"{RESULTS}/text/features.parquet",
     log:
@@ -22,23 +38,20 @@ rule text_features:
         mem_mb=8000,
         runtime=60,
     params:
-        architecture=config["models"]["clip"]["architecture"],
-        pretrained=lambda wildcards, input: (
-            input.clip or config["models"]["clip"]["pretrained"]
+        **stage(
+            "qaclims.text_features",
+            {
+                "architecture": config["models"]["clip"]["architecture"],
+                "prompt": config["text"]["prompt"],
+            },
+            sources={"pretrained": CLIP_WEIGHTS, "clip_config": CLIP_CONFIG},
+            speed={
+                "batch_size": config["text"]["batch_size"],
+                "cache": f"{RESULTS}/text/.features-cache.parquet",
+            },
+            threads_flag="threads",
         ),
-        clip_config=(
-            f"--clip-config {config['models']['clip_config']}"
-            if config["models"]["clip_config"]
-            else ""
-        ),
-        prompt=config["text"]["prompt"],
-        batch=config["text"]["batch_size"],
-        cache=f"{RESULTS}/text/.features-cache.parquet",
-        code=code_digest("qaclims.text_features"),
     shell:
         "python -m qaclims.gpu_binding {resources.gpu} -- python -m qaclims text_features"
-        " --corpus-fg {input.fg} --corpus-bg {input.bg}"
-        " --classes {input.classes} --out {output} --architecture {params.architecture:q}"
-        " --pretrained {params.pretrained:q} {params.clip_config} --prompt {params.prompt:q}"
-        " --batch-size {params.batch} --cache {params.cache} --threads {threads}"
-        " > {log} 2>&1"
+        " --corpus-fg {input.fg} --corpus-bg {input.bg} --classes {input.classes}"
+        " --out {output} {params.flags} > {log} 2>&1"

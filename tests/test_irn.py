@@ -111,11 +111,12 @@ def test_new_ir_labels_never_resume_an_old_run(tmp_path):
     ck = tmp_path / "ck"
     _train(tmp_path, manifest, classes, labels, ck, tmp_path / "a.pt")
     _train(tmp_path, manifest, classes, labels, ck, tmp_path / "a.pt")
-    assert len(list(ck.iterdir())) == 1  # unchanged inputs: the same run folder
+    (old,) = ck.iterdir()  # unchanged inputs: the same run folder
     first = sorted(labels.glob("*.png"))[0]
     save_label_png(np.zeros_like(np.asarray(Image.open(first))), first)
     summary = _train(tmp_path, manifest, classes, labels, ck, tmp_path / "b.pt")
-    assert len(list(ck.iterdir())) == 2 and summary["steps"] == 4
+    (new,) = ck.iterdir()  # a new run from scratch; the superseded one is pruned
+    assert new != old and summary["steps"] == 4
 
 
 def test_palette_png_round_trip(tmp_path):

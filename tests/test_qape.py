@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from qaclims import demo_models, devices, manifest, qape
+from qaclims.answer_store import AnswerStore
 from qaclims.datasets import demo
 from qaclims.errors import InputError
 from qaclims.models import blip
@@ -54,7 +55,7 @@ def _run_shard(data: dict[str, Path], model: Path, out: Path, **kw) -> dict:
         data["classes"],
         out / "fg.parquet",
         out / "bg.parquet",
-        shard=0,
+        shard=kw.pop("shard", 0),
         split="train_aug",
         model=str(model),
         fg_questions=FG,
@@ -172,7 +173,7 @@ def test_shard_end_to_end(shard_data, tiny_vqa: Path, tmp_path: Path) -> None:
     assert all(r["question"] == BG[r["question_id"]].format(r["class_name"]) for r in rows)
     assert all(r["lemma"] == qape.make_lemmatizer("lemminflect")(r["answer"]) for r in rows)
     assert len({r["answer"] for r in rows}) > 1
-    assert not (tmp_path / "out/.fg.partial").exists()
+    assert summary["answered"] == summary["questions"] and summary["reused"] == 0
     # larger images than the model's: interpolated position encoding, same row layout
     big = _run_shard(shard_data, tiny_vqa, tmp_path / "big", image_size=128, max_length=3)
     assert big["questions"] == summary["questions"]
@@ -181,27 +182,56 @@ def test_shard_end_to_end(shard_data, tiny_vqa: Path, tmp_path: Path) -> None:
 def test_killed_shard_resumes_to_the_same_files(
     shard_data, tiny_vqa: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _run_shard(shard_data, tiny_vqa, tmp_path / "clean", chunk_images=1, max_length=4)
-    save = qape._save_chunk
+    clean = _run_shard(shard_data, tiny_vqa, tmp_path / "clean", chunk_images=1, max_length=4)
+    add = AnswerStore.add
     calls = []
 
-    def save_then_die(*args, **kwargs):
+    def add_then_die(self, answers):
         if calls:
             raise KeyboardInterrupt
-        calls.append(1)
-        save(*args, **kwargs)
+        calls.append(len(answers))
+        return add(self, answers)
 
-    monkeypatch.setattr(qape, "_save_chunk", save_then_die)
+    monkeypatch.setattr(AnswerStore, "add", add_then_die)
     with pytest.raises(KeyboardInterrupt):
         _run_shard(shard_data, tiny_vqa, tmp_path / "killed", chunk_images=1, max_length=4)
     assert not (tmp_path / "killed/fg.parquet").exists()
-    monkeypatch.setattr(qape, "_save_chunk", save)
+    monkeypatch.setattr(AnswerStore, "add", add)
     summary = _run_shard(shard_data, tiny_vqa, tmp_path / "killed", chunk_images=1, max_length=4)
-    assert summary["reused_chunks"] == 1
+    assert summary["reused"] == calls[0] > 0  # the first image's answers were kept
+    assert summary["answered"] == clean["questions"] - calls[0]
     for kind in ("fg", "bg"):
         a = read_table(tmp_path / f"clean/{kind}.parquet", QAPE_SCHEMA)
         b = read_table(tmp_path / f"killed/{kind}.parquet", QAPE_SCHEMA)
         assert a.equals(b)
+
+
+def test_answers_do_not_depend_on_batching_or_workers(shard_data, tiny_vqa, tmp_path) -> None:
+    one = _run_shard(shard_data, tiny_vqa, tmp_path / "a", batch_images=1, workers=0)
+    many = _run_shard(shard_data, tiny_vqa, tmp_path / "b", batch_images=3, workers=2)
+    assert one["answered"] == many["answered"] == one["questions"]  # separate stores
+    for kind in ("fg", "bg"):
+        a = read_table(tmp_path / f"a/{kind}.parquet", QAPE_SCHEMA)
+        b = read_table(tmp_path / f"b/{kind}.parquet", QAPE_SCHEMA)
+        assert a.equals(b)
+
+
+def test_store_reuses_answers_across_shard_layouts_but_not_settings(
+    shard_data, tiny_vqa: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    first = _run_shard(shard_data, tiny_vqa, tmp_path / "one", store=store, max_length=4)
+    root = Path(read_manifest(shard_data["manifest"]).column("path")[0].as_py()).parents[1]
+    resharded = {"manifest": tmp_path / "m2.parquet", "classes": shard_data["classes"]}
+    manifest.run("demo", root, resharded["manifest"], tmp_path / "c2.parquet", shards=2)
+    again = [
+        _run_shard(resharded, tiny_vqa, tmp_path / f"two-{k}", store=store, max_length=4, shard=k)
+        for k in (0, 1)
+    ]
+    assert sum(s["answered"] for s in again) == 0
+    assert sum(s["reused"] for s in again) == first["questions"]
+    other = _run_shard(shard_data, tiny_vqa, tmp_path / "other", store=store, max_length=3)
+    assert other["answered"] == first["questions"]  # another decoding: nothing reused
 
 
 def test_corrupt_image_names_the_image(shard_data, tiny_vqa: Path, tmp_path: Path) -> None:
