@@ -6,12 +6,12 @@ schema file.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
-import jsonschema
 import yaml
 
 from qaclims.errors import InputError
@@ -19,9 +19,18 @@ from qaclims.errors import InputError
 CLI_SOURCE = "the command line (--config)"
 
 
+# libyaml's loader when pyyaml has it: the pure-Python one takes ~0.3 s for the schema, at
+# every dry run.
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.cache
+def _schema_text() -> str:
+    return resources.files("qaclims").joinpath("schemas/config.schema.yaml").read_text()
+
+
 def load_schema() -> dict[str, Any]:
-    text = resources.files("qaclims").joinpath("schemas/config.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    return yaml.load(_schema_text(), Loader=SafeLoader)
 
 
 def _unknown_keys(value: Any, schema: dict[str, Any], prefix: str = "") -> list[str]:
@@ -54,7 +63,7 @@ def _get(value: Any, path: list[str]) -> Any:
 def _load(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
+            data = yaml.load(fh, Loader=SafeLoader) or {}
     except OSError as err:
         raise InputError(f"{path}: cannot read config file ({err})") from err
     except yaml.YAMLError as err:
@@ -119,6 +128,8 @@ def check_config(config: dict[str, Any], files: Iterable[str | os.PathLike] = ()
     unknown = _unknown_keys(config, schema)
     if unknown:
         raise InputError(f"{CLI_SOURCE}: unknown config key '{unknown[0]}'")
+    import jsonschema  # here, not at the top: a dry run with a known-good config skips it
+
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:

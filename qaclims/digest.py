@@ -22,6 +22,8 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
+from qaclims.fingerprint import DigestCache
+
 PACKAGE = "qaclims"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 ENTRY = f"{PACKAGE}.cli"
@@ -100,26 +102,72 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 @cache
-def _imports_of(path: Path, name: str, stamp: tuple[int, int]) -> frozenset[str]:
-    return frozenset(_imports(_parse(path), name, path.name == "__init__.py"))
+def _facts(path: Path, name: str, stamp: tuple[int, int]) -> tuple[frozenset[str], str]:
+    """What one parse of a file gives: the modules it imports and its syntax digest."""
+    tree = _parse(path)
+    imports = frozenset(_imports(tree, name, path.name == "__init__.py"))
+    tree = _strip_docstrings(tree)
+    if path.name == "cli.py":
+        tree = _without_stage_table(tree)
+    dumped = ast.dump(tree, annotate_fields=False, include_attributes=False)
+    return imports, hashlib.sha256(dumped.encode()).hexdigest()
 
 
-def _closure(name: str, root: Path) -> tuple[list[Path], set[str]]:
-    """In-package files of `name` and its imports (transitively), and every import name."""
+def _file_facts(path: Path, name: str, memo: DigestCache | None) -> tuple[frozenset[str], str]:
+    stamp = _stamp(path)
+    if memo is None:
+        return _facts(path, name, stamp)
+
+    def compute() -> list:
+        imports, digest = _facts(path, name, stamp)
+        return [sorted(imports), digest]
+
+    imports, digest = memo.memo(f"ast {path} {name}", list(stamp), compute)
+    return frozenset(imports), digest
+
+
+def _name_of(path: Path, root: Path) -> str:
+    """The module name of a file under the root: `qaclims/sub/__init__.py` -> `qaclims.sub`."""
+    parts = [PACKAGE, *path.relative_to(root).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+_CLOSURES: dict[tuple[str, Path], tuple[dict[Path, tuple[int, int]], set[str]]] = {}
+
+
+def _closure(name: str, root: Path, memo: DigestCache | None = None) -> tuple[list[Path], set[str]]:
+    """In-package files of `name` and its imports (transitively), and every import name.
+
+    Remembered in-process while none of the files changed size or mtime (an edit that adds
+    an import changes the file that adds it).
+    """
+    known = _CLOSURES.get((name, root))
+    if known is not None and all(
+        p.is_file() and _stamp(p) == stamp for p, stamp in known[0].items()
+    ):
+        return sorted(known[0]), known[1]
+    files, imported = _walk(name, root, memo)
+    _CLOSURES[(name, root)] = ({p: _stamp(p) for p in files}, imported)
+    return files, imported
+
+
+def _walk(name: str, root: Path, memo: DigestCache | None) -> tuple[list[Path], set[str]]:
     seen: dict[str, Path] = {}
+    visited: set[str] = set()
     imported: set[str] = set()
     todo = [name]
     while todo:
         current = todo.pop()
-        if current in seen:
+        if current in visited or not current.startswith(PACKAGE):
             continue
+        visited.add(current)
         path = _module_file(current, root)
         if path is None:
             continue
         seen[current] = path
         for init in _package_inits(current, root):
             seen.setdefault(str(init), init)
-        names = _imports_of(path, current, _stamp(path))
+        names = _file_facts(path, current, memo)[0]
         if path.name not in NAME_RESOLVERS:
             imported |= names
         todo.extend(names)
@@ -165,31 +213,27 @@ def _without_stage_table(tree: ast.Module) -> ast.Module:
     return tree
 
 
-def source_digest(path: Path) -> str:
+def source_digest(path: Path, root: Path = PACKAGE_ROOT) -> str:
     """SHA-256 of a module's syntax tree without docstrings: meaning, not bytes."""
-    return _source_digest(path, _stamp(path))
+    return _file_facts(path, _name_of(path, root), None)[1]
 
 
-@cache
-def _source_digest(path: Path, stamp: tuple[int, int]) -> str:
-    tree = _strip_docstrings(_parse(path))
-    if path.name == "cli.py":
-        tree = _without_stage_table(tree)
-    dumped = ast.dump(tree, annotate_fields=False, include_attributes=False)
-    return hashlib.sha256(dumped.encode()).hexdigest()
+def code_digest(
+    name: str, root: Path = PACKAGE_ROOT, *, entry: bool = True, memo: DigestCache | None = None
+) -> str:
+    """Hash (16 hex digits) of the closure of `name` plus (`entry`) the CLI, by syntax tree.
 
-
-def code_digest(name: str, root: Path = PACKAGE_ROOT, *, entry: bool = True) -> str:
-    """Hash (16 hex digits) of the closure of `name` plus (`entry`) the CLI, by syntax tree."""
-    files = set(module_closure(name, root))
+    `memo` remembers each file's parse by size and mtime between processes (the DAG).
+    """
+    files = set(_closure(name, root, memo)[0])
     if entry and _module_file(ENTRY, root) is not None:
-        files |= set(module_closure(ENTRY, root))
+        files |= set(_closure(ENTRY, root, memo)[0])
         files |= {root / f for f in ENTRY_FILES if (root / f).is_file()}
     digest = hashlib.sha256()
     for path in sorted(files):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(b"\0")
-        digest.update(source_digest(path).encode())
+        digest.update(_file_facts(path, _name_of(path, root), memo)[1].encode())
         digest.update(b"\0")
     return digest.hexdigest()[:16]
 
@@ -202,9 +246,11 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def library_versions(name: str, root: Path = PACKAGE_ROOT) -> dict[str, str]:
+def library_versions(
+    name: str, root: Path = PACKAGE_ROOT, *, memo: DigestCache | None = None
+) -> dict[str, str]:
     """Installed versions of the numerics-shaping libraries the closure of `name` imports."""
-    imported = {n.partition(".")[0] for n in _closure(name, root)[1]}
+    imported = {n.partition(".")[0] for n in _closure(name, root, memo)[1]}
     versions = {}
     for module, distribution in sorted(NUMERIC_LIBRARIES.items()):
         if module in imported and (version := _version(distribution)) is not None:

@@ -42,11 +42,13 @@ class DigestCache:
         self.path = path
         self.files: dict[str, list] = {}
         self.resolved: dict[str, Any] = {}
+        self.memos: dict[str, list] = {}
         self._dirty = False
         if path is not None:
             stored = _read_json(path)
             self.files = stored.get("files", {})
             self.resolved = stored.get("resolved", {})
+            self.memos = stored.get("memos", {})
 
     @classmethod
     def from_env(cls) -> DigestCache:
@@ -90,13 +92,29 @@ class DigestCache:
             self._dirty = True
         return self.resolved[key]
 
+    def memo(self, key: str, stamp: list, compute: Callable[[], Any]) -> Any:
+        """`compute()` for `key`, remembered while `stamp` (e.g. size and mtime) holds."""
+        known = self.memos.get(key)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        value = compute()
+        self.memos[key] = [stamp, value]
+        self._dirty = True
+        return value
+
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
         stored = _read_json(self.path)
-        files = {**stored.get("files", {}), **self.files}
-        resolved = {**stored.get("resolved", {}), **self.resolved}
-        text = json.dumps({"files": files, "resolved": resolved}, sort_keys=True)
+        merged = {
+            name: {**stored.get(name, {}), **mine}
+            for name, mine in (
+                ("files", self.files),
+                ("resolved", self.resolved),
+                ("memos", self.memos),
+            )
+        }
+        text = json.dumps(merged, sort_keys=True)
         # Several processes may save at once (SLURM jobs parse the Snakefile too): each
         # writes its own temporary file and renames it; a lost save only costs a re-read.
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from qaclims import fingerprint
 from qaclims.config import check_config, merge, typed_overrides
 from qaclims.digest import code_digest, library_versions
 from qaclims.errors import InputError
-from qaclims.provenance import Source, rule_flags, rule_settings
+from qaclims.provenance import Source, canonical, rule_flags, rule_settings
 
 
 def _config_files():
@@ -24,11 +24,19 @@ def _config_files():
     return [str(Path(workflow.basedir) / "config.yaml")] + cli
 
 
+# Model digests and parsed code survive between runs here (by path, size, mtime); jobs
+# read it too. A config validated once is not validated again (its canonical JSON).
+DIGESTS = fingerprint.DigestCache(Path(".snakemake/qaclims/digests.json").resolve())
+os.environ[fingerprint.CACHE_ENV] = str(DIGESTS.path)
+
 # --config 'crf={fg_threshold: 0.35}' arrives as strings below the top level: type them.
 merge(config, typed_overrides(dict(workflow.config_settings.config)))
 try:
-    check_config(config, _config_files())
-except InputError as err:
+    files = _config_files()
+    raw = [Path(f).read_text() for f in files]
+    stamp = [canonical({"config": config, "files": raw})]
+    DIGESTS.memo("valid config", stamp, lambda: check_config(config, files) or True)
+except (InputError, OSError, ValueError) as err:
     raise WorkflowError(f"invalid config: {err}")
 
 
@@ -39,10 +47,6 @@ BENCH = f"benchmarks/rules/{DATASET['name']}"
 SHARDS = list(range(DATASET["shards"]))
 IS_DEMO = DATASET["kind"] == "demo"
 IS_COCO = DATASET["kind"] == "coco14"
-
-# Model digests survive between runs here (keyed by path, size, mtime); jobs read it too.
-DIGESTS = fingerprint.DigestCache(Path(".snakemake/qaclims/digests.json").resolve())
-os.environ[fingerprint.CACHE_ENV] = str(DIGESTS.path)
 
 
 def built(path):
@@ -84,8 +88,8 @@ def stage(module, values, *, sources=None, speed=None, threads_flag=None):
     """
     sources = sources or {}
     settings = rule_settings(
-        code=code_digest(module),
-        libraries=library_versions(module),
+        code=code_digest(module, memo=DIGESTS),
+        libraries=library_versions(module, memo=DIGESTS),
         values=values,
         sources=sources,
     )
@@ -96,6 +100,7 @@ def stage(module, values, *, sources=None, speed=None, threads_flag=None):
             knobs[threads_flag] = threads
         return rule_flags(values, sources, knobs)
 
+    DIGESTS.save()
     return {"settings": settings, "flags": flags}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qaclims.config import check_config
+from qaclims.config import check_config, merge, typed_overrides
 from qaclims.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,3 +80,23 @@ def test_wrong_type_from_command_line_is_not_blamed_on_a_file():
     config["dataset"]["shards"] = "8"
     with pytest.raises(InputError, match=r"^the command line.*'dataset\.shards'"):
         check_config(config, [ROOT / "config.yaml"])
+
+
+def test_nested_command_line_values_are_typed_by_the_schema():
+    """Snakemake reads `--config crf={fg_threshold: 0.35}` with YAML's base loader."""
+    cli = {
+        "crf": {"fg_threshold": "0.35", "iterations": "5"},
+        "cam_infer": {"scales": ["1.0", "0.5"]},
+        "dataset": {"name": "007", "sbd_root": "null", "verify_images": "false"},
+        "seg": {"enabled": "true"},
+    }
+    assert typed_overrides(cli) == {
+        "crf": {"fg_threshold": 0.35, "iterations": 5},
+        "cam_infer": {"scales": [1.0, 0.5]},
+        "dataset": {"name": "007", "sbd_root": None, "verify_images": False},
+        "seg": {"enabled": True},
+    }
+    config = _load(ROOT / "config.yaml")
+    merge(config, typed_overrides({"crf": {"fg_threshold": "0.35"}}))
+    assert config["crf"]["fg_threshold"] == 0.35 and config["crf"]["bg_threshold"] == 0.10
+    check_config(config)

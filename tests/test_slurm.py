@@ -24,23 +24,26 @@ pytestmark = pytest.mark.slurm
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(real_path):
     if os.geteuid() != 0:
         pytest.skip("the SLURM daemons need root to start")
     if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
         pytest.skip("no apt-get to install SLURM and no SLURM installed")
-    up = subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, text=True, check=False)
+    env = {**os.environ, "PATH": real_path}
+    up = subprocess.run(
+        ["bash", str(CLUSTER), "up"], capture_output=True, text=True, check=False, env=env
+    )
     try:
         assert up.returncode == 0, f"cluster did not start:\n{up.stderr[-3000:]}"
         yield
     finally:
-        subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, check=False)
+        subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, check=False, env=env)
 
 
-def test_demo_slice_runs_as_slurm_jobs(cluster, tmp_path, capsys):
+def test_demo_slice_runs_as_slurm_jobs(cluster, tmp_path, capsys, real_path):
     env = {
         **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PATH": f"{BIN}{os.pathsep}{real_path}",
         "QACLIMS_SLURM_ACCOUNT": "ci",
         "QACLIMS_SLURM_PARTITION": "debug",
     }

@@ -1,13 +1,16 @@
-"""Partial reruns on the demo data: only stale artifacts are planned, interrupted jobs recover.
+"""Partial reruns on the demo data: a change reruns exactly what it changes, never less or more.
 
-One complete run of the (small) demo chain in a copy of the workflow; each test then
-changes one thing (a module, a setting, a file's mtime, a deleted shard) and asserts the
-exact set of jobs a dry run plans.
+One complete run of the (small) demo chain in a copy of the workflow; each test then changes
+one thing (a setting, a module, a model file, a deleted artifact) and asserts the exact set
+of jobs a dry run plans. Values are chosen to collide with other values of the same rule
+(Snakemake compares params as a set of values, names dropped). Tests that run jobs work on
+their own copy of the completed run. The README's "what reruns when" table is these tests.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
+
+from qaclims.models import clip_text
+from qaclims.tables import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -25,14 +33,20 @@ RESULTS = "results/demo"
 
 pytestmark = pytest.mark.slow
 
-DOWNSTREAM_OF_CRF = {
-    "crf": SHARDS,
-    "train_irn": 1,
-    "pseudo_masks": SHARDS,
-    "eval_masks": 1,
-    "train_seg": 1,
-    "summary": 1,
-    "all": 1,
+PSEUDO_DOWN = {"pseudo_masks": SHARDS, "eval_masks": 1, "train_seg": 1, "summary": 1, "all": 1}
+IRN_DOWN = {"train_irn": 1, **PSEUDO_DOWN}
+CRF_DOWN = {"crf": SHARDS, **IRN_DOWN}
+RITC_DOWN = {"ritc": 1, "cams": SHARDS, "eval_cam": 1, **CRF_DOWN}
+TEXT_DOWN = {"text_features": 1, **RITC_DOWN}
+BASELINE_DOWN = {"train_cam": 1, **RITC_DOWN}  # the demo's IRN and seg start from it too
+EVERY_JOB = {
+    "demo_data": 1,
+    "demo_models": 1,
+    "manifest": 1,
+    "qape": SHARDS,
+    "corpus": 1,
+    **TEXT_DOWN,
+    "train_cam": 1,
 }
 
 
@@ -52,9 +66,11 @@ def snakemake(
     return result
 
 
-def planned(wf: Path, *targets: str, overlays: tuple[Path, ...] = ()) -> dict[str, int]:
+def planned(
+    wf: Path, *targets: str, overlays: tuple[Path, ...] = (), flags: tuple[str, ...] = ()
+) -> dict[str, int]:
     """Rule -> job count of a dry run (empty when nothing is to be done)."""
-    text = snakemake(wf, "-n", targets=targets, overlays=overlays).stdout
+    text = snakemake(wf, "-n", *flags, targets=targets, overlays=overlays).stdout
     counts: dict[str, int] = {}
     lines = iter(text.splitlines())
     for line in lines:
@@ -67,6 +83,12 @@ def planned(wf: Path, *targets: str, overlays: tuple[Path, ...] = ()) -> dict[st
                 counts[name.strip()] = int(count)
             break
     return counts
+
+
+def overlay(wf: Path, name: str, text: str) -> Path:
+    path = wf / f"{name}.yaml"
+    path.write_text(text)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -83,33 +105,76 @@ def workflow(tmp_path_factory) -> Path:
     return wf
 
 
-def test_editing_the_crf_module_replans_crf_and_downstream(workflow):
+@pytest.fixture
+def own_copy(workflow: Path, tmp_path: Path) -> Path:
+    """A private copy of the completed run (results, metadata, mtimes) to run jobs in."""
+    wf = tmp_path / "wf"
+    shutil.copytree(workflow, wf, symlinks=True)
+    assert planned(wf) == {}
+    return wf
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ritc:\n  momentum: 0.9\n", RITC_DOWN),  # 0.9 is ritc.poly_power
+        ("ritc:\n  weight_decay: 3.5e-4\n", RITC_DOWN),  # 3.5e-4 is ritc.lr
+        ("cam:\n  momentum: 0.9\n", BASELINE_DOWN),  # 0.9 is cam.poly_power
+        ("crf:\n  fg_threshold: 0.10\n  bg_threshold: 0.30\n", CRF_DOWN),  # swapped
+        ("crf:\n  gaussian_compat: 5\n", CRF_DOWN),  # 5 is crf.bilateral_srgb
+        ("pseudo_masks:\n  beta: 8\n", PSEUDO_DOWN),  # 8 is pseudo_masks.exp_times
+    ],
+)
+def test_a_value_another_setting_holds_is_still_a_change(workflow, text, expected):
+    assert planned(workflow, overlays=(overlay(workflow, "collide", text),)) == expected
+
+
+def test_a_nested_key_can_be_set_on_the_command_line(workflow):
+    assert planned(workflow, flags=("--config", "crf={fg_threshold: 0.35}")) == CRF_DOWN
+    assert planned(workflow, flags=("--config", "crf={fg_threshold: 0.3}")) == {}
+
+
+def test_speed_knobs_rerun_nothing(workflow):
+    knobs = overlay(
+        workflow,
+        "knobs",
+        "dataset:\n  verify_images: false\n"
+        "qape:\n  batch_images: 3\n  chunk_images: 5\n  workers: 0\n"
+        "text:\n  batch_size: 7\n"
+        "cam_infer:\n  batch_images: 3\n  threads: 1\n"
+        "cam:\n  workers: 1\nritc:\n  workers: 1\nirn:\n  workers: 1\nseg:\n  workers: 1\n"
+        "crf:\n  threads: 1\n",
+    )
+    assert planned(workflow, overlays=(knobs,)) == {}
+
+
+def test_editing_crf_code_reruns_crf_and_downstream_but_comments_do_not(workflow):
     crf = workflow / "qaclims" / "crf.py"
     original = crf.read_text()
     try:
-        crf.write_text(original + "\n# an edit\n")
-        assert planned(workflow) == DOWNSTREAM_OF_CRF
+        crf.write_text(original.replace('"""', '"""Edited docstring. ', 1) + "\n# a comment\n")
+        assert planned(workflow) == {}
+        crf.write_text(original + "\nEDITED = True\n")
+        assert planned(workflow) == CRF_DOWN
     finally:
         crf.write_text(original)
     assert planned(workflow) == {}
 
 
-def test_changing_crf_thresholds_replans_crf_and_downstream(workflow):
-    over = workflow / "crf.yaml"
-    over.write_text("crf:\n  fg_threshold: 0.35\n")
-    assert planned(workflow, overlays=(over,)) == DOWNSTREAM_OF_CRF
-
-
-def test_changing_ritc_replans_ritc_and_downstream_but_no_vqa_or_text(workflow):
-    over = workflow / "ritc.yaml"
-    over.write_text("ritc:\n  tau: 0.5\n")
-    plan = planned(workflow, overlays=(over,))
-    assert plan == {
-        "ritc": 1,
-        "cams": SHARDS,
-        "eval_cam": 1,
-        **DOWNSTREAM_OF_CRF,
-    }
+def test_cli_code_reruns_every_job_but_a_new_stage_entry_none(workflow):
+    """Every job runs `cli.main`: its code is in every digest; the stage table is not."""
+    cli = workflow / "qaclims" / "cli.py"
+    original = cli.read_text()
+    try:
+        cli.write_text(
+            original.replace('    "summary":', '    "extra": "qaclims.summary",\n    "summary":')
+        )
+        assert planned(workflow) == {}
+        cli.write_text(original + "\nEDITED = True\n")
+        assert planned(workflow) == EVERY_JOB
+    finally:
+        cli.write_text(original)
+    assert planned(workflow) == {}
 
 
 def test_touching_a_source_file_plans_nothing(workflow):
@@ -118,16 +183,138 @@ def test_touching_a_source_file_plans_nothing(workflow):
     assert planned(workflow) == {}
 
 
-def test_deleting_one_cam_shard_replans_that_shard_and_its_dependants(workflow, tmp_path):
-    shard = workflow / RESULTS / "cams" / "shard-1.npz"
-    backup = tmp_path / "shard-1.npz"
-    shutil.copy2(shard, backup)
-    shard.unlink()
+@pytest.mark.parametrize(
+    ("artifact", "expected"),
+    [
+        ("models/irn.pt", IRN_DOWN),
+        ("models/cam_baseline.pt", BASELINE_DOWN),
+        ("models/seg.pt", {"train_seg": 1, "summary": 1, "all": 1}),
+        ("eval/seg.json", {"train_seg": 1, "summary": 1, "all": 1}),
+        ("cams/shard-1.npz", {"cams": 1, "eval_cam": 1, **CRF_DOWN, "crf": 1}),
+    ],
+)
+def test_a_deleted_deliverable_is_rebuilt_with_its_dependants(
+    workflow, tmp_path, artifact, expected
+):
+    path = workflow / RESULTS / artifact
+    backup = tmp_path / path.name
+    shutil.copy2(path, backup)
+    path.unlink()
     try:
         plan = planned(workflow)
     finally:
-        shutil.copy2(backup, shard)
-    assert plan == {"cams": 1, "eval_cam": 1, **DOWNSTREAM_OF_CRF, "crf": 1}
+        shutil.copy2(backup, path)
+    assert plan == expected
+
+
+def _tiny_clip_copy(path: Path, seed: int) -> Path:
+    """A CLIP of the demo's architecture with other weights (`seed`), at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clip_text.tiny_clip("clip-tiny", path, seed=seed)
+    return path
+
+
+def test_other_clip_weights_rerun_text_and_ritc_and_a_moved_copy_nothing(own_copy, tmp_path):
+    first = _tiny_clip_copy(tmp_path / "a" / "weights.safetensors", seed=1)
+    clip_a = overlay(own_copy, "clip_a", f"models:\n  clip:\n    pretrained: {first}\n")
+    assert planned(own_copy, overlays=(clip_a,)) == TEXT_DOWN  # no VQA, no corpus
+    snakemake(own_copy, "--cores", "2", overlays=(clip_a,))
+    moved = tmp_path / "b" / "renamed.safetensors"
+    moved.parent.mkdir()
+    shutil.copy(first, moved)
+    clip_b = overlay(own_copy, "clip_b", f"models:\n  clip:\n    pretrained: {moved}\n")
+    assert planned(own_copy, overlays=(clip_b,)) == {}
+    _tiny_clip_copy(moved, seed=2)  # new weights at the same path
+    assert planned(own_copy, overlays=(clip_b,)) == TEXT_DOWN
+
+
+def test_a_missing_model_fails_before_any_job(own_copy):
+    typo = overlay(own_copy, "typo", "models:\n  clip:\n    pretrained: nowhere/clip.safetensors\n")
+    logs = {p: p.stat().st_mtime_ns for p in (own_copy / "logs").rglob("*.log")}
+    cmd = [str(BIN / "snakemake"), "-s", str(own_copy / "Snakefile"), "-d", str(own_copy)]
+    cmd += ["--cores", "1", "--configfile", str(own_copy / "small.yaml"), str(typo)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), check=False)
+    assert result.returncode != 0
+    message = "config key 'models.clip.pretrained': nowhere/clip.safetensors"
+    assert message in result.stdout + result.stderr
+    assert {p: p.stat().st_mtime_ns for p in (own_copy / "logs").rglob("*.log")} == logs
+
+
+def _answer_counts(log_dir: Path) -> tuple[int, int]:
+    """Sum of (answered, reused) (image, question) pairs over the VQA shard logs."""
+    answered = reused = 0
+    for log in log_dir.glob("shard-*.log"):
+        found = re.search(
+            r"(\d+) \(image, question\) pairs answered, (\d+) reused", log.read_text()
+        )
+        assert found, log
+        answered += int(found[1])
+        reused += int(found[2])
+    return answered, reused
+
+
+def test_new_images_and_shards_answer_only_the_new_pairs(own_copy):
+    log_dir = own_copy / "logs" / "demo" / "qape"
+    before = sum(_answer_counts(log_dir))
+    old = read_manifest(own_copy / RESULTS / "manifest.parquet", split="train_aug")
+    for log in log_dir.glob("*.log"):
+        log.unlink()
+    more = overlay(own_copy, "more", "demo:\n  train_images: 18\ndataset:\n  shards: 3\n")
+    snakemake(own_copy, "--cores", "2", overlays=(more,), targets=(f"{RESULTS}/corpus/fg.parquet",))
+    new = read_manifest(own_copy / RESULTS / "manifest.parquet", split="train_aug").to_pylist()
+    added = [r for r in new if r["image_id"] not in set(old.column("image_id").to_pylist())]
+    assert len(added) == 2 and len(list(log_dir.glob("shard-*.log"))) == 3
+    qape = yaml.safe_load((own_copy / "config.yaml").read_text())["qape"]
+    questions = len(qape["fg_questions"]) + len(qape["bg_questions"])
+    assert _answer_counts(log_dir) == (questions * sum(len(r["labels"]) for r in added), before)
+
+
+def _stage_processes(wf: Path, stage: str) -> list[int]:
+    """Pids of `python -m qaclims <stage>` processes running in the workflow copy `wf`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if cwd == str(wf) and b"qaclims" in argv and stage.encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_training_job_resumes_to_the_same_weights(own_copy):
+    """SIGKILL train_cam after its first checkpoint (as the OOM killer would); rerun plainly."""
+    target = f"{RESULTS}/models/cam_baseline.pt"
+    longer = overlay(own_copy, "longer", "cam:\n  epochs: 12\n")
+    snakemake(own_copy, "--cores", "1", overlays=(longer,), targets=(target,))
+    reference = torch.load(own_copy / target, weights_only=True)
+    (own_copy / target).unlink()
+    checkpoints = own_copy / RESULTS / "checkpoints" / "cam_baseline"
+    shutil.rmtree(checkpoints)
+    cmd = [str(BIN / "snakemake"), "-s", str(own_copy / "Snakefile"), "-d", str(own_copy)]
+    cmd += ["--cores", "1", "--configfile", str(own_copy / "small.yaml"), str(longer), "--", target]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(checkpoints.glob("*/epoch-0001.pt")):
+        time.sleep(0.02)
+    killed = _stage_processes(own_copy, "train_cam")
+    assert killed, "training finished before it could be killed"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0
+    assert not (own_copy / target).exists()
+    assert "train_cam" in planned(own_copy, overlays=(longer,))  # a deliverable: planned
+    snakemake(own_copy, "--cores", "1", "--rerun-incomplete", overlays=(longer,), targets=(target,))
+    log = (own_copy / "logs" / "demo" / "train_cam.log").read_text()
+    assert "resumed from" in log
+    resumed = torch.load(own_copy / target, weights_only=True)
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    (run,) = checkpoints.iterdir()
+    assert [p.name for p in run.iterdir()] == ["epoch-0012.pt"], "a temporary file survived"
 
 
 def test_interrupted_shard_job_recovers_without_recomputing_finished_shards(workflow):

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from qaclims import cli
+from tests.stand_ins import model_caches, paper_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
         [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), *args],
         capture_output=True, text=True, env=env, check=False,
@@ -32,3 +38,37 @@ def test_bad_config_key_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "bad.yaml: unknown config key 'dataset.shardz'" in result.stderr + result.stdout
     assert not (tmp_path / "results").exists()
+
+
+def _stage_argv(command: str) -> tuple[str, list[str]]:
+    """(stage, its arguments) of a planned `... -m qaclims <stage> ... > log` command."""
+    tokens = shlex.split(command)
+    at = max(i for i, t in enumerate(tokens[:-1]) if t == "-m" and tokens[i + 1] == "qaclims")
+    end = tokens.index(">") if ">" in tokens else len(tokens)
+    return tokens[at + 2], tokens[at + 3 : end]
+
+
+@pytest.mark.parametrize("kind", ["demo", "voc12", "coco14"])
+def test_every_planned_command_parses_with_its_stage_cli(tmp_path, kind):
+    """Flags rendered from the settings are exactly what each stage's parser accepts."""
+    env = model_caches(tmp_path)
+    args = ["-n", "-p"] + (
+        [] if kind == "demo" else ["--configfile", str(paper_config(tmp_path, kind))]
+    )
+    result = snakemake(tmp_path, *args, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    commands = [
+        line.partition("Shell command: ")[2]
+        for line in result.stdout.splitlines()
+        if line.startswith("Shell command: ")
+    ]
+    stages = set()
+    for command in commands:
+        stage, argv = _stage_argv(command)
+        try:
+            cli.build_parser(stage).parse_args([stage, *argv])
+        except SystemExit:
+            pytest.fail(f"{stage} rejects its planned flags: {command}")
+        stages.add(stage)
+    expected = set(cli.STAGES) - ({"demo_data", "demo_models"} if kind != "demo" else set())
+    assert stages == expected
