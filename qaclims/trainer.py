@@ -11,10 +11,12 @@ Design choices:
 - Gradients are averaged across processes by one all-reduce after backward instead of a
   DistributedDataParallel wrapper: loss functions call model methods other than
   `forward` (RITC uses `activation_maps`), which DDP's forward hook would not see.
-- Randomness is re-derived at the start of every epoch from (seed, epoch, rank): the global
-  torch/numpy/python generators (augmentation in the main process), the loader generator
-  (shuffling, worker seeds) and the sampler. The checkpoint's seed and epoch therefore fix
-  all random state of the remaining epochs, on any rank and with any number of workers.
+- Randomness is re-derived from the seed: shuffling from (seed, epoch) (the loader generator
+  or the sampler), each sample's augmentation from (seed, epoch, sample index), drawn with
+  the global torch/numpy/python generators seeded for that sample alone (`_SeededSamples`),
+  and the training process's own draws from (seed, epoch, rank). So which process loads a
+  sample never matters: the weights are the same with any number of loader workers, and
+  the checkpoint's seed and epoch fix all random state of the remaining epochs.
 - A checkpoint is only resumed when its fingerprint (the initial weights and the schedule
   settings) matches the current run, so a changed config or input never resumes stale
   state from the scratch folder.
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_GLOB = "epoch-*.pt"
 # run() arguments that are no part of a run's identity: where outputs go, and speed knobs
-# (results do not depend on the number of loader workers: `_worker_init`, `_epoch_seed`).
+# (results do not depend on the number of loader workers: `_SeededSamples`).
 NOT_RUN_SETTINGS = ("out", "out_json", "checkpoint_dir", "workers")
 RUN_KEY_LENGTH = 16
 
@@ -103,11 +105,32 @@ def _seed_everything(value: int) -> None:
     torch.manual_seed(value)
 
 
-def _worker_init(worker_id: int) -> None:
-    """Seed numpy and python in a loader worker from its torch seed (set by the loader)."""
-    value = torch.initial_seed()
-    random.seed(value)
-    np.random.seed(value % 2**32)
+class _SeededSamples(Dataset):
+    """`dataset[i]` with the global generators seeded from (epoch seed, i) for that draw.
+
+    The generators' state is restored afterwards, so the training process's own random
+    draws do not depend on whether samples were loaded there (workers=0) or elsewhere.
+    """
+
+    def __init__(self, dataset: Dataset, epoch_seed: int) -> None:
+        self.dataset, self.epoch_seed = dataset, epoch_seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        _seed_everything(_sample_seed(self.epoch_seed, i))
+        try:
+            return self.dataset[i]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+
+
+def _sample_seed(epoch_seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([epoch_seed, index]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def rank_device() -> torch.device:
@@ -301,7 +324,7 @@ def train(
         if sampler is not None:
             sampler.set_epoch(epoch)
         loader = DataLoader(
-            dataset,
+            _SeededSamples(dataset, _epoch_seed(seed, epoch)),
             batch_size=per_rank,
             shuffle=sampler is None,
             sampler=sampler,
@@ -309,7 +332,6 @@ def train(
             collate_fn=collate_fn,
             drop_last=True,
             generator=generator,
-            worker_init_fn=_worker_init,
             pin_memory=device.type == "cuda",
         )
         model.train()

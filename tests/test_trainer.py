@@ -110,6 +110,18 @@ def test_killed_and_restarted_run_is_bit_identical(tmp_path, workers):
     assert not torch.equal(full["0.weight"], _model()[0].weight.detach())
 
 
+def test_weights_do_not_depend_on_the_number_of_loader_workers(tmp_path):
+    """Augmentation noise is drawn per sample: which process draws it does not matter."""
+    _train(tmp_path / "zero", _model(), workers=0)
+    _train(tmp_path / "two", _model(), workers=2)
+    zero = torch.load(tmp_path / "zero" / "out.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "out.pt", weights_only=True)
+    assert all(torch.equal(zero[k], two[k]) for k in zero)
+    _train(tmp_path / "other", _model(), workers=0, seed=4)
+    other = torch.load(tmp_path / "other" / "out.pt", weights_only=True)
+    assert not torch.equal(zero["0.weight"], other["0.weight"])  # the noise is really drawn
+
+
 def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
     _train(tmp_path / "a", _model(), epochs=1, seed=5)
     _train(tmp_path / "b", _model(), epochs=1, seed=3)
