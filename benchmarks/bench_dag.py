@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from qaclims.datasets.voc import VOC_CLASSES  # noqa: E402
-from qaclims.manifest import shard_of  # noqa: E402
 from qaclims.tables import CLASSES_SCHEMA, MANIFEST_SCHEMA, write_table  # noqa: E402
 from tests.stand_ins import model_caches, no_slurm_probe, paper_config  # noqa: E402
 
@@ -65,7 +64,6 @@ def synthetic_manifest(results: Path, root: Path, kind: str) -> None:
                     "label_source": "xml",
                     "has_mask": True,
                     "mask_path": None,
-                    "shard": shard_of(image_id, case["shards"]),
                 }
             )
     write_table(pa.Table.from_pylist(rows), results / "manifest.parquet", MANIFEST_SCHEMA)

@@ -139,6 +139,7 @@ def run(
     out: Path,
     split: str,
     shard: int,
+    shards: int,
     depth: int,
     scales: Sequence[float],
     storage: str,
@@ -155,6 +156,7 @@ def run(
         manifest,
         split=split,
         shard=shard,
+        shards=shards,
         columns=["image_id", "path", "height", "width", "labels"],
     )
     rows = table.to_pylist()
@@ -201,6 +203,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="shard CAM file (.npz)")
     p.add_argument("--split", required=True)
     p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--shards", type=int, required=True, help="dataset.shards")
     p.add_argument("--depth", type=int, required=True, help="ResNet depth of the CAMNet")
     p.add_argument("--scales", type=float, nargs="+", required=True)
     p.add_argument("--storage", choices=STORAGES, required=True)
@@ -217,6 +220,7 @@ def main(args: argparse.Namespace) -> None:
         out=args.out,
         split=args.split,
         shard=args.shard,
+        shards=args.shards,
         depth=args.depth,
         scales=args.scales,
         storage=args.storage,

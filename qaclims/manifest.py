@@ -1,15 +1,15 @@
 """Build `manifest.parquet` and `classes.parquet` from a dataset root.
 
 One row per (image, split), with the image size, the image-level labels (class ids from
-0), where they came from, the ground-truth mask if any and the image's shard. Shards are
-a hash of image_id modulo `shards`: adding images never moves the ones already there.
+0), where they came from and the ground-truth mask if any. No shard is stored: per-shard
+stages take an image's shard as a hash of its id (`tables.shard_of`), so the manifest does
+not depend on `dataset.shards`, and adding images never moves the ones already there.
 Everything is read and checked before anything is written, so bad input leaves no manifest.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
@@ -26,11 +26,6 @@ log = logging.getLogger(__name__)
 KINDS = ("demo", "voc12", "coco14")
 
 
-def shard_of(image_id: str, shards: int) -> int:
-    """Stable shard of an image: the first 8 bytes of SHA-1(image_id) modulo `shards`."""
-    return int.from_bytes(hashlib.sha1(image_id.encode()).digest()[:8], "big") % shards
-
-
 def run(
     kind: str,
     root: Path,
@@ -38,7 +33,6 @@ def run(
     classes: Path,
     *,
     gt_dir: Path | None = None,
-    shards: int,
     sbd_root: Path | None = None,
     max_images: int | None = None,
     verify_images: bool = True,
@@ -65,19 +59,15 @@ def run(
             )
     else:
         rows, names = voc.read(root, sbd_root, verify_images=verify_images, workers=workers)
-    _write(rows, names, manifest, classes, shards)
+    _write(rows, names, manifest, classes)
     counts = dict(Counter(r["split"] for r in rows))
     log.info("manifest of %s: %s images per split, %d classes", root, counts, len(names))
     return counts
 
 
-def _write(
-    rows: list[dict], names: tuple[str, ...], manifest: Path, classes: Path, shards: int
-) -> None:
+def _write(rows: list[dict], names: tuple[str, ...], manifest: Path, classes: Path) -> None:
     if not rows:
         raise InputError("the dataset lists no images")
-    for row in rows:
-        row["shard"] = shard_of(row["image_id"], shards)
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     write_table(table, manifest, MANIFEST_SCHEMA)
     names_table = pa.table({"class_id": list(range(len(names))), "name": list(names)})
@@ -90,7 +80,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", type=Path, required=True, help="manifest.parquet to write")
     p.add_argument("--classes", type=Path, required=True, help="classes.parquet to write")
     p.add_argument("--gt-dir", type=Path, default=None, help="coco14: GT label maps to write")
-    p.add_argument("--shards", type=int, required=True)
     p.add_argument("--sbd-root", type=Path, default=None)
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--verify-images", action=argparse.BooleanOptionalAction, default=True)
@@ -104,7 +93,6 @@ def main(args: argparse.Namespace) -> None:
         args.manifest,
         args.classes,
         gt_dir=args.gt_dir,
-        shards=args.shards,
         sbd_root=args.sbd_root,
         max_images=args.max_images,
         verify_images=args.verify_images,

@@ -108,6 +108,7 @@ def run(
     bg_out: Path,
     *,
     shard: int,
+    shards: int,
     split: str,
     model: str,
     fg_questions: list[str],
@@ -139,7 +140,9 @@ def run(
     # the job's cores are shared between the decoding workers and the model
     limit_cpu_threads(None if threads is None else max(1, threads - workers))
     names = read_class_names(classes)
-    rows = read_manifest(manifest, split=split, shard=shard, columns=["image_id", "path", "labels"])
+    rows = read_manifest(
+        manifest, split=split, shard=shard, shards=shards, columns=["image_id", "path", "labels"]
+    )
     rows = [r for r in rows.to_pylist() if r["labels"]]  # an image with no class asks nothing
     for row in rows:
         bad = [c for c in row["labels"] if not 0 <= c < len(names)]
@@ -259,6 +262,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fg-out", type=Path, required=True, help="qape/fg/shard-K.parquet to write")
     p.add_argument("--bg-out", type=Path, required=True, help="qape/bg/shard-K.parquet to write")
     p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--shards", type=int, required=True, help="dataset.shards")
     p.add_argument("--split", required=True, help="dataset.train_split")
     p.add_argument("--model", required=True, help="models.vqa: hub id or local folder")
     p.add_argument("--fg-questions", nargs="+", required=True, help="templates, {} = class")
@@ -285,6 +289,7 @@ def main(args: argparse.Namespace) -> None:
         args.fg_out,
         args.bg_out,
         shard=args.shard,
+        shards=args.shards,
         split=args.split,
         model=args.model,
         fg_questions=args.fg_questions,

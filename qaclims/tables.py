@@ -6,6 +6,7 @@ columns and types it gets and a file written by another version fails loudly.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -26,7 +27,6 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("label_source", pa.string(), nullable=False),
         pa.field("has_mask", pa.bool_(), nullable=False),
         pa.field("mask_path", pa.string(), nullable=True),
-        pa.field("shard", pa.int32(), nullable=False),
     ]
 )
 
@@ -126,21 +126,35 @@ def read_table(
     return pq.read_table(path, columns=names, filters=filters)
 
 
+def shard_of(image_id: str, shards: int) -> int:
+    """Stable shard of an image: the first 8 bytes of SHA-1(image_id) modulo `shards`."""
+    return int.from_bytes(hashlib.sha1(image_id.encode()).digest()[:8], "big") % shards
+
+
 def read_manifest(
     path: str | os.PathLike,
     *,
     split: str | None = None,
     shard: int | None = None,
+    shards: int | None = None,
     columns: list[str] | None = None,
 ) -> pa.Table:
-    """Manifest rows, optionally of one split and one shard, in image_id order."""
-    filters = []
-    if split is not None:
-        filters.append(("split", "=", split))
+    """Manifest rows, optionally of one split and of shard `shard` of `shards`, by image_id.
+
+    The manifest stores no shard: an image's shard is a hash of its id (`shard_of`), so the
+    manifest, and every stage that reads it whole, stays the same when `dataset.shards`
+    changes; only the per-shard stages see the new layout.
+    """
+    if (shard is None) != (shards is None):
+        raise ValueError("give both shard and shards, or neither")
+    filters = [("split", "=", split)] if split is not None else None
+    wanted = None if columns is None else list(dict.fromkeys([*columns, "image_id"]))
+    table = read_table(path, MANIFEST_SCHEMA, columns=wanted, filters=filters)
+    table = table.sort_by("image_id")
     if shard is not None:
-        filters.append(("shard", "=", shard))
-    table = read_table(path, MANIFEST_SCHEMA, columns=columns, filters=filters or None)
-    return table.sort_by("image_id") if "image_id" in table.column_names else table
+        ids = table.column("image_id").to_pylist()
+        table = table.filter(pa.array([shard_of(i, shards) == shard for i in ids]))
+    return table if columns is None else table.select(columns)
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:

@@ -53,25 +53,40 @@ NOT_RUN_SETTINGS = ("out", "out_json", "checkpoint_dir", "workers")
 RUN_KEY_LENGTH = 16
 
 
+def _file_sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _identity(value: Any) -> Any:
-    """What a setting contributes to a run key: files and folders by (path, size, mtime)."""
+    """What a setting contributes to a run key: files by content, never by path or mtime.
+
+    A folder, or a list of folders (the per-shard IR-label or pseudo-mask folders), is the
+    set of its files by name and content, whichever folder holds them: another shard layout
+    of the same files is the same input.
+    """
+    paths = list(value) if isinstance(value, (list, tuple)) else [value]
+    if paths and all(isinstance(p, Path) and p.is_dir() for p in paths):
+        files = {f.name: f for folder in paths for f in folder.rglob("*") if f.is_file()}
+        return ("files", tuple((name, _file_sha(files[name])) for name in sorted(files)))
     if isinstance(value, (list, tuple)):
         return tuple(_identity(v) for v in value)
     if isinstance(value, Path) and value.is_file():
-        stat = value.stat()
-        return (str(value), stat.st_size, stat.st_mtime_ns)
-    if isinstance(value, Path) and value.is_dir():
-        files = sorted(p for p in value.rglob("*") if p.is_file())
-        return (str(value), tuple(_identity(p) for p in files))
+        return ("file", _file_sha(value))
     return value if isinstance(value, (int, float, bool)) else str(value)
 
 
 def run_key(**settings: Any) -> str:
-    """Hash naming a run's checkpoint folder: its settings and input files or folders.
+    """Hash naming a run's checkpoint folder: its settings and the content of its inputs.
 
     Stages put their code digest among the settings. A change of config, code or input
-    (a file or any file in an input folder: path, size, mtime) then starts from scratch in
-    a new folder, while a killed job restarted unchanged finds its own checkpoints again.
+    content then starts from scratch in a new folder, while a job rerun on the same inputs
+    (killed and restarted, or rerun by Snakemake after an upstream job rewrote identical
+    files, e.g. under another shard layout) finds its own checkpoints: a finished run's
+    last checkpoint makes it write the same weights at once.
     """
     parts = [(name, _identity(value)) for name, value in sorted(settings.items())]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:RUN_KEY_LENGTH]

@@ -24,6 +24,7 @@ rule cams:
             "qaclims.cams",
             {
                 "split": DATASET["train_split"],
+                "shards": DATASET["shards"],
                 "depth": config["cam"]["depth"],
                 **section("cam_infer", ("batch_images",)),
             },

@@ -58,7 +58,6 @@ rule manifest:
                 "kind": DATASET["kind"],
                 "sbd_root": DATASET.get("sbd_root"),
                 "max_images": DATASET.get("max_images"),
-                "shards": DATASET["shards"],
             },
             sources={"root": DATASET_ROOT},
             speed={"verify_images": DATASET.get("verify_images", True)},

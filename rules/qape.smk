@@ -70,6 +70,7 @@ rule qape:
             "qaclims.qape",
             {
                 "split": DATASET["train_split"],
+                "shards": DATASET["shards"],
                 **{
                     k: config["qape"][k]
                     for k in (

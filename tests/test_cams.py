@@ -26,7 +26,6 @@ def write_manifest(folder: Path, images: list[dict], num_classes: int) -> tuple[
             "label_source": "mask",
             "has_mask": "mask_path" in im,
             "mask_path": None,
-            "shard": 0,
             **im,
         }
         for im in images
@@ -115,7 +114,7 @@ def test_run_writes_every_image_of_the_shard(tmp_path, tiny_net):
     out = tmp_path / "cams" / "shard-0.npz"
     summary = cams.run(
         manifest=manifest, classes=classes, model=tmp_path / "net.pt", out=out,
-        split="train_aug", shard=0, depth=18, scales=SCALES, storage="uint8",
+        split="train_aug", shard=0, shards=1, depth=18, scales=SCALES, storage="uint8",
         batch_images=4, workers=0,
     )  # fmt: skip
     assert summary["images"] == 3
@@ -129,7 +128,7 @@ def test_run_writes_every_image_of_the_shard(tmp_path, tiny_net):
     with pytest.raises(InputError, match="no 'train_aug' images in shard 1"):
         cams.run(
             manifest=manifest, classes=classes, model=tmp_path / "net.pt", out=out,
-            split="train_aug", shard=1, depth=18, scales=SCALES, storage="uint8",
+            split="train_aug", shard=1, shards=1, depth=18, scales=SCALES, storage="uint8",
             batch_images=4, workers=0,
         )  # fmt: skip
 

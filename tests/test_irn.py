@@ -46,7 +46,6 @@ def write_dataset(folder: Path, sizes: list[tuple[int, int]], split: str, num_cl
                 "label_source": "mask",
                 "has_mask": True,
                 "mask_path": str(folder / "labels" / f"{image_id}.png"),
-                "shard": 0,
             }
         )
     manifest, classes = folder / "manifest.parquet", folder / "classes.parquet"

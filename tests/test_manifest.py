@@ -15,7 +15,7 @@ from qaclims import manifest
 from qaclims.datasets import demo, voc
 from qaclims.errors import InputError
 from qaclims.images import save_label_png
-from qaclims.tables import read_class_names, read_manifest
+from qaclims.tables import read_class_names, read_manifest, shard_of
 
 
 def _voc_image(root: Path, image_id: str, labels: np.ndarray, *, aug: bool = False) -> None:
@@ -58,9 +58,7 @@ def voc_root(tmp_path: Path) -> tuple[Path, Path]:
 def test_voc_train_aug_and_mask_labels(voc_root, tmp_path):
     root, sbd = voc_root
     out = tmp_path / "out"
-    counts = manifest.run(
-        "voc12", root, out / "m.parquet", out / "c.parquet", shards=3, sbd_root=sbd
-    )
+    counts = manifest.run("voc12", root, out / "m.parquet", out / "c.parquet", sbd_root=sbd)
     assert counts == {"train_aug": 4, "train": 2, "val": 1}
     rows = read_manifest(out / "m.parquet").to_pylist()
     by_split = {s: sorted(r["image_id"] for r in rows if r["split"] == s) for s in counts}
@@ -79,7 +77,7 @@ def test_voc_labels_come_from_xml_when_present(voc_root, tmp_path):
     for image_id in "abcde":
         _xml(root, image_id, ["diningtable", "person", "tvmonitor"])
     out = tmp_path / "out"
-    manifest.run("voc12", root, out / "m.parquet", out / "c.parquet", shards=2, sbd_root=sbd)
+    manifest.run("voc12", root, out / "m.parquet", out / "c.parquet", sbd_root=sbd)
     rows = read_manifest(out / "m.parquet").to_pylist()
     assert {tuple(r["labels"]) for r in rows} == {(10, 14, 19)}
     assert {r["label_source"] for r in rows} == {"xml"}
@@ -90,14 +88,14 @@ def test_voc_unknown_xml_class_is_named(voc_root, tmp_path):
     for image_id in "abc":
         _xml(root, image_id, ["unicorn"])
     with pytest.raises(InputError, match=r"a\.xml: unknown class names \['unicorn'\]"):
-        manifest.run("voc12", root, tmp_path / "m.parquet", tmp_path / "c.parquet", shards=1)
+        manifest.run("voc12", root, tmp_path / "m.parquet", tmp_path / "c.parquet")
     assert not (tmp_path / "m.parquet").exists()
 
 
 def test_root_without_expected_folders(tmp_path):
     (tmp_path / "JPEGImages").mkdir()
     with pytest.raises(InputError, match="missing ImageSets/Segmentation"):
-        manifest.run("voc12", tmp_path, tmp_path / "m.parquet", tmp_path / "c.parquet", shards=1)
+        manifest.run("voc12", tmp_path, tmp_path / "m.parquet", tmp_path / "c.parquet")
 
 
 def test_missing_image_is_named_and_nothing_written(voc_root, tmp_path):
@@ -105,7 +103,7 @@ def test_missing_image_is_named_and_nothing_written(voc_root, tmp_path):
     (root / "JPEGImages/b.jpg").unlink()
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"b\.jpg: image listed but missing"):
-        manifest.run("voc12", root, out / "m.parquet", out / "c.parquet", shards=1, sbd_root=sbd)
+        manifest.run("voc12", root, out / "m.parquet", out / "c.parquet", sbd_root=sbd)
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -114,7 +112,7 @@ def test_corrupt_image_is_named(voc_root, tmp_path):
     data = (root / "JPEGImages/a.jpg").read_bytes()
     (root / "JPEGImages/a.jpg").write_bytes(data[: len(data) // 3])
     with pytest.raises(InputError, match=r"a\.jpg: unreadable image"):
-        manifest.run("voc12", root, tmp_path / "m.parquet", tmp_path / "c.parquet", shards=1)
+        manifest.run("voc12", root, tmp_path / "m.parquet", tmp_path / "c.parquet")
     assert not (tmp_path / "m.parquet").exists()
 
 
@@ -124,7 +122,7 @@ def test_mask_value_out_of_range_is_named(voc_root, tmp_path):
     bad[0, 0] = 37
     save_label_png(bad, root / "SegmentationClass/c.png")
     with pytest.raises(InputError, match=r"c\.png: label values \[37\] outside 0\.\.20"):
-        manifest.run("voc12", root, tmp_path / "m.parquet", tmp_path / "c.parquet", shards=1)
+        manifest.run("voc12", root, tmp_path / "m.parquet", tmp_path / "c.parquet")
     assert not (tmp_path / "m.parquet").exists()
 
 
@@ -132,7 +130,7 @@ def test_cli_exits_non_zero_with_the_path(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "qaclims", "manifest", "--kind", "voc12", "--root",
          str(tmp_path / "nowhere"), "--manifest", str(tmp_path / "m.parquet"),
-         "--classes", str(tmp_path / "c.parquet"), "--shards", "2"],
+         "--classes", str(tmp_path / "c.parquet")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 2
@@ -177,7 +175,7 @@ def test_coco_categories_labels_and_gt_map(tmp_path):
     out = tmp_path / "out"
     counts = manifest.run(
         "coco14", root, out / "m.parquet", out / "c.parquet", gt_dir=out / "gt",
-        shards=2, max_images=2,
+        max_images=2,
     )  # fmt: skip
     assert counts == {"train2014": 2, "val2014": 1}
     assert read_class_names(out / "c.parquet") == ["person", "dog", "toothbrush"]
@@ -219,9 +217,25 @@ def test_demo_reads_as_voc_with_mask_labels(tmp_path):
 
 def test_shards_are_stable_when_images_are_added():
     ids = [f"img_{i}" for i in range(500)]
-    before = {i: manifest.shard_of(i, 16) for i in ids}
+    before = {i: shard_of(i, 16) for i in ids}
     more = ids + [f"new_{i}" for i in range(200)]
-    after = {i: manifest.shard_of(i, 16) for i in more}
+    after = {i: shard_of(i, 16) for i in more}
     assert all(after[i] == before[i] for i in ids)
     counts = np.bincount(list(before.values()), minlength=16)
     assert counts.min() > 10  # spread over every shard
+
+
+def test_shards_are_read_not_stored(tmp_path):
+    """The manifest is the same for any shard count; a shard is a hash of the image id."""
+    root = tmp_path / "demo"
+    demo.generate(root, seed=0, train_images=12, val_images=2, image_size=64)
+    manifest.run("demo", root, tmp_path / "m.parquet", tmp_path / "c.parquet", workers=1)
+    rows = read_manifest(tmp_path / "m.parquet", split="train").column("image_id").to_pylist()
+    parts = [
+        read_manifest(tmp_path / "m.parquet", split="train", shard=k, shards=3)
+        .column("image_id")
+        .to_pylist()
+        for k in range(3)
+    ]
+    assert sorted(i for part in parts for i in part) == rows and all(parts)
+    assert all(shard_of(i, 3) == k for k, part in enumerate(parts) for i in part)

@@ -45,7 +45,7 @@ def shard_data(tmp_path: Path) -> dict[str, Path]:
     root = tmp_path / "demo"
     demo.generate(root, seed=1, train_images=3, val_images=1, image_size=64)
     out = {"manifest": tmp_path / "manifest.parquet", "classes": tmp_path / "classes.parquet"}
-    manifest.run("demo", root, out["manifest"], out["classes"], shards=1, workers=1)
+    manifest.run("demo", root, out["manifest"], out["classes"], workers=1)
     return out
 
 
@@ -56,6 +56,7 @@ def _run_shard(data: dict[str, Path], model: Path, out: Path, **kw) -> dict:
         out / "fg.parquet",
         out / "bg.parquet",
         shard=kw.pop("shard", 0),
+        shards=kw.pop("shards", 1),
         split="train_aug",
         model=str(model),
         fg_questions=FG,
@@ -221,11 +222,16 @@ def test_store_reuses_answers_across_shard_layouts_but_not_settings(
 ) -> None:
     store = tmp_path / "store"
     first = _run_shard(shard_data, tiny_vqa, tmp_path / "one", store=store, max_length=4)
-    root = Path(read_manifest(shard_data["manifest"]).column("path")[0].as_py()).parents[1]
-    resharded = {"manifest": tmp_path / "m2.parquet", "classes": shard_data["classes"]}
-    manifest.run("demo", root, resharded["manifest"], tmp_path / "c2.parquet", shards=2)
     again = [
-        _run_shard(resharded, tiny_vqa, tmp_path / f"two-{k}", store=store, max_length=4, shard=k)
+        _run_shard(
+            shard_data,
+            tiny_vqa,
+            tmp_path / f"two-{k}",
+            store=store,
+            max_length=4,
+            shard=k,
+            shards=2,
+        )
         for k in (0, 1)
     ]
     assert sum(s["answered"] for s in again) == 0
@@ -249,6 +255,7 @@ def test_bad_question_template_is_rejected(shard_data, tiny_vqa: Path, tmp_path:
             tmp_path / "fg.parquet",
             tmp_path / "bg.parquet",
             shard=0,
+            shards=1,
             split="train_aug",
             model=str(tiny_vqa),
             fg_questions=["what is this?"],

@@ -193,7 +193,6 @@ def test_stage_trains_from_the_baseline(batchnorm, clip_files, corpus, tmp_path)
                 "label_source": "mask",
                 "has_mask": False,
                 "mask_path": None,
-                "shard": 0,
             }
         )
     write_table(pa.Table.from_pylist(rows), tmp_path / "manifest.parquet", MANIFEST_SCHEMA)

@@ -285,6 +285,24 @@ def _stage_processes(wf: Path, stage: str) -> list[int]:
     return pids
 
 
+def test_a_new_shard_count_retrains_nothing(own_copy):
+    """The manifest holds no shards: only per-shard work is redone; training finds its runs."""
+    ritc = own_copy / RESULTS / "models" / "ritc.pt"
+    before = torch.load(ritc, weights_only=True)
+    three = overlay(own_copy, "three", "dataset:\n  shards: 3\n")
+    per_shard = {"qape": 3, "cams": 3, "crf": 3, "pseudo_masks": 3}
+    unchanged = ("demo_data", "demo_models", "manifest", "train_cam")
+    expected = {k: v for k, v in {**EVERY_JOB, **per_shard}.items() if k not in unchanged}
+    assert planned(own_copy, overlays=(three,)) == expected
+    snakemake(own_copy, "--cores", "2", overlays=(three,))
+    logs = own_copy / "logs" / "demo"
+    assert _answer_counts(logs / "qape")[0] == 0  # every answer reused
+    for stage in ("ritc", "train_irn", "train_seg"):
+        assert "resumed from" in (logs / f"{stage}.log").read_text(), stage
+    after = torch.load(ritc, weights_only=True)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_a_killed_training_job_resumes_to_the_same_weights(own_copy):
     """SIGKILL train_cam after its first checkpoint (as the OOM killer would); rerun plainly."""
     target = f"{RESULTS}/models/cam_baseline.pt"

@@ -39,7 +39,6 @@ def _dataset(folder: Path, n: int = 8, labels_of=None) -> tuple[Path, Path]:
                 "label_source": "mask",
                 "has_mask": False,
                 "mask_path": None,
-                "shard": 0,
             }
         )
     write_table(pa.Table.from_pylist(rows), folder / "manifest.parquet", MANIFEST_SCHEMA)

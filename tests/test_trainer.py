@@ -171,3 +171,22 @@ def test_run_key_changes_with_settings_and_inputs(tmp_path):
     assert key != trainer.run_key(code="abc", features=data, lr=0.2, sizes=(320, 640))
     data.write_bytes(b"two!")  # regenerated input
     assert key != trainer.run_key(code="abc", features=data, lr=0.1, sizes=(320, 640))
+    data.write_bytes(b"one")  # rewritten with the same bytes: the same run
+    assert key == trainer.run_key(code="abc", features=data, lr=0.1, sizes=(320, 640))
+
+
+def test_run_key_sees_label_folders_by_content_not_layout(tmp_path):
+    for name, files in {
+        "a/shard-0": "xy",
+        "a/shard-1": "z",
+        "b/shard-0": "x",
+        "b/shard-1": "yz",
+    }.items():
+        (tmp_path / name).mkdir(parents=True)
+        for f in files:
+            (tmp_path / name / f"{f}.png").write_bytes(f.encode())
+    two = [tmp_path / "a/shard-0", tmp_path / "a/shard-1"]
+    other_layout = [tmp_path / "b/shard-0", tmp_path / "b/shard-1"]
+    assert trainer.run_key(labels=two) == trainer.run_key(labels=other_layout)
+    (tmp_path / "b/shard-1/z.png").write_bytes(b"changed")
+    assert trainer.run_key(labels=two) != trainer.run_key(labels=other_layout)
