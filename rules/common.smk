@@ -129,8 +129,10 @@ def final_targets():
     """The deliverables: every model, per-shard CAMs, IR labels, pseudo masks, every eval.
 
     Per-shard artifacts are listed so that a deleted shard is rebuilt (with what depends
-    on it); VQA shards are not, so deleting them never triggers hours of VQA.
+    on it); VQA shards are not (their answers live on in the answer store anyway). Models
+    the workflow builds for itself (the demo's VQA and CLIP) are deliverables too.
     """
+    built_models = [*VQA_MODEL.inputs, *CLIP_WEIGHTS.inputs, *CLIP_CONFIG.inputs]
     per_shard = ("cams/shard-{}.npz", "ir_labels/shard-{}", "pseudo_masks/shard-{}")
     seg = ["models/seg.pt", "eval/seg.json"] if config["seg"]["enabled"] else []
     whole = [
@@ -143,6 +145,8 @@ def final_targets():
         "eval/pseudo_masks.json",
         "eval/summary.md",
     ]
-    return [f"{RESULTS}/{p}" for p in whole] + [
-        f"{RESULTS}/{pattern.format(s)}" for pattern in per_shard for s in SHARDS
-    ]
+    return (
+        built_models
+        + [f"{RESULTS}/{p}" for p in whole]
+        + [f"{RESULTS}/{pattern.format(s)}" for pattern in per_shard for s in SHARDS]
+    )
