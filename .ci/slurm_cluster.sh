@@ -310,9 +310,10 @@ start_slurm() {
   fi
   if ! pid_alive "$CTLD_PID" slurmctld; then
     log "starting slurmctld"
-    /usr/sbin/slurmctld
+    /usr/sbin/slurmctld -c   # clean state: a killed test run's jobs must not hold the node
   fi
   wait_for slurmctld scontrol ping
+  scancel -u "$(id -un)" 2>/dev/null || true   # the same for a controller left running
   if ! pid_alive "$SLURMD_PID" slurmd; then
     log "starting slurmd"
     /usr/sbin/slurmd
