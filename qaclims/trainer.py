@@ -307,6 +307,8 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
             step, start_epoch = state["step"], state["epoch"]
             log.info("resumed from %s (epoch %d, step %d)", latest, start_epoch, step)
+            if start_epoch >= epochs:
+                log.info("that run had finished: its weights are written again, no step runs")
         else:
             log.warning("ignoring %s: it belongs to another run (weights or settings)", latest)
     if world > 1:
