@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from qaclims.fingerprint import sha256_file
 from qaclims.tables import read_table, write_table
 
 STORE_SCHEMA = pa.schema(
@@ -39,11 +40,7 @@ Pair = tuple[str, str]  # (image_sha, question)
 
 def image_sha(path: str | Path) -> str:
     """SHA-256 of an image file's bytes: the image's identity in the store."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def store_key(setup: dict[str, Any]) -> str:

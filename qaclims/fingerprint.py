@@ -31,6 +31,15 @@ OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin
 VQA_MARKERS = ("config.json",)
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class DigestCache:
     """SHA-256 of files by (path, size, mtime_ns), and resolved names, kept in a JSON file.
 
@@ -67,13 +76,10 @@ class DigestCache:
         known = self.files.get(key)
         if known is not None and known[:2] == stamp:
             return known[2]
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 24), b""):
-                digest.update(block)
-        self.files[key] = [*stamp, digest.hexdigest()]
+        digest = sha256_file(path)
+        self.files[key] = [*stamp, digest]
         self._dirty = True
-        return digest.hexdigest()
+        return digest
 
     def folder(self, path: Path) -> str:
         """SHA-256 over the relative names and digests of a folder's files (hidden ones not)."""

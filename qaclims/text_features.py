@@ -15,7 +15,6 @@ Snakemake deleting the output before a rerun), so a rerun encodes only new texts
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import shutil
@@ -30,6 +29,7 @@ import pyarrow.parquet as pq
 from qaclims.atomic import atomic_path
 from qaclims.devices import limit_cpu_threads, pick_device
 from qaclims.errors import InputError
+from qaclims.fingerprint import sha256_file
 from qaclims.models import clip_text
 from qaclims.tables import (
     CORPUS_BG_SCHEMA,
@@ -50,13 +50,7 @@ PROMPT_KEY = "qaclims.prompt"
 def fingerprint(pretrained: str) -> str:
     """The tag itself, or SHA-256 of a weights file (a rebuilt file must not reuse texts)."""
     path = Path(pretrained)
-    if not path.is_file():
-        return pretrained
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path) if path.is_file() else pretrained
 
 
 def corpus_texts(corpus_fg: Path, corpus_bg: Path, classes: Path) -> set[str]:

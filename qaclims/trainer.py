@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from qaclims.atomic import atomic_path
 from qaclims.devices import autocast, autocast_dtype, pick_device
 from qaclims.errors import InputError
+from qaclims.fingerprint import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,6 @@ CHECKPOINT_GLOB = "epoch-*.pt"
 # (results do not depend on the number of loader workers: `_SeededSamples`).
 NOT_RUN_SETTINGS = ("out", "out_json", "checkpoint_dir", "workers")
 RUN_KEY_LENGTH = 16
-
-
-def _file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _identity(value: Any) -> Any:
@@ -71,11 +64,11 @@ def _identity(value: Any) -> Any:
     paths = list(value) if isinstance(value, (list, tuple)) else [value]
     if paths and all(isinstance(p, Path) and p.is_dir() for p in paths):
         files = {f.name: f for folder in paths for f in folder.rglob("*") if f.is_file()}
-        return ("files", tuple((name, _file_sha(files[name])) for name in sorted(files)))
+        return ("files", tuple((name, sha256_file(files[name])) for name in sorted(files)))
     if isinstance(value, (list, tuple)):
         return tuple(_identity(v) for v in value)
     if isinstance(value, Path) and value.is_file():
-        return ("file", _file_sha(value))
+        return ("file", sha256_file(value))
     return value if isinstance(value, (int, float, bool)) else str(value)
 
 
