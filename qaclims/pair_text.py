@@ -1,7 +1,7 @@
 """Text features of every (image, class) pair, ready for RITC's step (ALGORITHM §1, §3).
 
-t_fg = 0.5 · e(prompt(class name)) + (0.5 / n_questions) · Σ e(prompt(FG text)), summed
-over the pair's FG rows (duplicates count, no renormalisation); T_bg = the features of the
+t_fg = w · e(prompt(class name)) + ((1 − w) / n_questions) · Σ e(prompt(FG text)), summed
+over the pair's FG rows (w = `label_weight`, the paper's 0.5; an ablation of the paper) (duplicates count, no renormalisation); T_bg = the features of the
 pair's distinct BG texts (possibly none). Everything is computed once, vectorised over the
 corpus: a training step only gathers rows by pair id.
 
@@ -29,7 +29,6 @@ from qaclims.tables import CORPUS_BG_SCHEMA, CORPUS_FG_SCHEMA, read_table, text_
 log = logging.getLogger(__name__)
 
 PROMPT_KEY = b"qaclims.prompt"
-LABEL_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -101,8 +100,11 @@ def load_pair_texts(
     labels: Tensor,
     class_names: list[str],
     prompt: str,
+    label_weight: float = 0.5,
 ) -> PairTexts:
     """PairTexts for the present classes (labels > 0, N×C) of `image_ids`, image-major."""
+    if not 0.0 <= label_weight <= 1.0:
+        raise InputError(f"ritc.label_weight {label_weight} is not within [0, 1]")
     feature_texts, emb = _features(features, prompt)
     emb_t = torch.from_numpy(emb.copy())
     present = labels.numpy() > 0
@@ -138,12 +140,12 @@ def load_pair_texts(
         raise InputError(
             f"{features}: no feature for '{prompt.format(fg_texts[bad])}' ({name(pairs[bad])})"
         )
-    fg = LABEL_WEIGHT * emb_t[torch.from_numpy(label_rows[cls])]
+    fg = label_weight * emb_t[torch.from_numpy(label_rows[cls])]
     fg.index_add_(
         0,
         torch.from_numpy(pairs),
         emb_t[torch.from_numpy(fg_rows)],
-        alpha=(1 - LABEL_WEIGHT) / n_questions,
+        alpha=(1 - label_weight) / n_questions,
     )
 
     bg_table = read_table(corpus_bg, CORPUS_BG_SCHEMA)

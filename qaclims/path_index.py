@@ -7,9 +7,11 @@ box spanned by (0, 0) and (dy, dx) whose squared distance to the line through th
 1, the destination first (IRNet's ordering). The affinity of a pair is then 1 − the maximum
 class-boundary score on its path (ALGORITHM §7).
 
-Unlike IRNet, which keeps only sources away from the left, right and bottom borders, pairs
-are laid out as a (D, H, W) grid over every source pixel; `pair_valid` marks the ones whose
-destination is inside the image. Everything is vectorised: one gather per path length.
+Pairs are laid out as a (D, H, W) grid over every source pixel; `pair_valid` marks the ones
+whose destination is inside the image. IRNet's PathIndex keeps only the sources where the
+whole radius fits (`reference_sources`: rows 0 … H − r, columns r − 1 … W − r, with
+r − 1 = IRNet's `radius_floor`); training uses that set by default (`irn.pair_sources`).
+Everything is vectorised: one gather per path length.
 """
 
 from __future__ import annotations
@@ -80,6 +82,13 @@ class PathIndex:
         ys = torch.arange(height)[None, :, None] + dy
         xs = torch.arange(width)[None, None, :] + dx
         return (ys < height) & (xs >= 0) & (xs < width)
+
+    def reference_sources(self, height: int, width: int) -> torch.Tensor:
+        """(H, W) bool: IRNet's source pixels, those whose every direction stays inside."""
+        floor = self.radius - 1  # IRNet: int(np.ceil(radius) - 1)
+        keep = torch.zeros(height, width, dtype=torch.bool)
+        keep[: max(height - floor, 0), floor : max(width - floor, floor)] = True
+        return keep
 
     def to_pairs(self, x: torch.Tensor, fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(source, destination) values of every pair: two (..., D, H, W) tensors.

@@ -172,6 +172,7 @@ def run(
     tau: float,
     loss_weights: tuple[float, float, float],
     pair_sum_divisor: float,
+    label_weight: float = 0.5,
     seed: int,
     workers: int = 0,
 ) -> dict[str, float]:
@@ -197,6 +198,7 @@ def run(
         labels=dataset.labels,
         class_names=names,
         prompt=prompt,
+        label_weight=label_weight,
     )
     if batchnorm not in ("train", "frozen"):
         raise InputError(f"batchnorm '{batchnorm}' is not train or frozen")
@@ -297,6 +299,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--loss-weights", type=float, nargs=3, default=(10.0, 8.0, 0.2), help="L_FRC L_BRC L_REG"
     )
     p.add_argument("--pair-sum-divisor", type=float, default=2.0, help="reference: B_global / 4")
+    p.add_argument("--label-weight", type=float, default=0.5, help="w of t_fg = w·e(label) + …")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0)
 
@@ -336,6 +339,7 @@ def main(args: argparse.Namespace) -> None:
         tau=args.tau,
         loss_weights=tuple(args.loss_weights),
         pair_sum_divisor=args.pair_sum_divisor,
+        label_weight=args.label_weight,
         seed=args.seed,
         workers=args.workers,
     )

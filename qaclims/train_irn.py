@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from qaclims.atomic import atomic_path
 from qaclims.devices import autocast, pick_device
 from qaclims.digest import code_digest
+from qaclims.errors import InputError
 from qaclims.labelled import IGNORE, LabelledImages
 from qaclims.models.irn_net import IRNet
 from qaclims.path_index import PathIndex
@@ -34,19 +35,36 @@ from qaclims.trainer import NOT_RUN_SETTINGS, run_key, train
 log = logging.getLogger(__name__)
 
 
-def affinity_labels(labels: Tensor, path_index: PathIndex) -> tuple[Tensor, Tensor, Tensor]:
-    """(bg-positive, fg-positive, negative) boolean (B, D, h, w) pair labels of B×h×w labels."""
+PAIR_SOURCES = ("reference", "all")
+
+
+def affinity_labels(
+    labels: Tensor, path_index: PathIndex, sources: str = "reference"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(bg-positive, fg-positive, negative) boolean (B, D, h, w) pair labels of B×h×w labels.
+
+    `sources`: "reference" keeps IRNet's source pixels only (the whole radius inside the
+    crop); "all" every source whose destination is inside.
+    """
+    if sources not in PAIR_SOURCES:
+        raise InputError(f"irn.pair_sources '{sources}' is not one of {PAIR_SOURCES}")
     src, dst = path_index.to_pairs(labels.long(), fill=IGNORE)
     valid = (src != IGNORE) & (dst != IGNORE)
+    if sources == "reference":
+        valid &= path_index.reference_sources(*labels.shape[-2:]).to(valid.device)
     same = src == dst
     return valid & same & (src == 0), valid & same & (src > 0), valid & ~same
 
 
 def irn_loss(
-    edge_logits: Tensor, displacement: Tensor, labels: Tensor, path_index: PathIndex
+    edge_logits: Tensor,
+    displacement: Tensor,
+    labels: Tensor,
+    path_index: PathIndex,
+    sources: str = "reference",
 ) -> tuple[Tensor, dict[str, float]]:
     """IRNet's affinity and displacement losses of one batch (its formulas, eps 1e-5)."""
-    bg_pos, fg_pos, neg = (t.float() for t in affinity_labels(labels, path_index))
+    bg_pos, fg_pos, neg = (t.float() for t in affinity_labels(labels, path_index, sources))
     aff = 1.0 - path_index.max_on_path(torch.sigmoid(edge_logits.float()[:, 0]))
     eps = 1e-5
     bg_pos_loss = (-bg_pos * torch.log(aff + eps)).sum() / (bg_pos.sum() + eps)
@@ -92,6 +110,7 @@ def run(
     crop_size: int,
     scale_range: tuple[float, float],
     radius: int,
+    pair_sources: str = "reference",
     batch_size: int,
     epochs: int,
     edge_lr: float,
@@ -123,7 +142,7 @@ def run(
 
     def loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         edge, dp = model(batch["image"])
-        return irn_loss(edge, dp, batch["label"], path_index)
+        return irn_loss(edge, dp, batch["label"], path_index, pair_sources)
 
     trained = Path(checkpoint_dir) / "trained.pt"
     summary = train(
@@ -170,6 +189,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-size", type=int, default=512)
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 1.5))
     p.add_argument("--radius", type=int, default=10)
+    p.add_argument("--pair-sources", choices=PAIR_SOURCES, default="reference")
     p.add_argument("--batch-size", type=int, default=32, help="global batch")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--edge-lr", type=float, default=0.1)
@@ -187,6 +207,7 @@ def main(args: argparse.Namespace) -> None:
         checkpoint_dir=args.checkpoint_dir, split=args.split, depth=args.depth,
         weights=args.weights, crop_size=args.crop_size, scale_range=tuple(args.scale_range),
         radius=args.radius,
+        pair_sources=args.pair_sources,
         batch_size=args.batch_size, epochs=args.epochs, edge_lr=args.edge_lr,
         displacement_lr=args.displacement_lr, weight_decay=args.weight_decay,
         momentum=args.momentum, poly_power=args.poly_power, seed=args.seed, workers=args.workers,

@@ -57,7 +57,7 @@ def write_dataset(folder: Path, sizes: list[tuple[int, int]], split: str, num_cl
 
 def test_affinity_labels():
     labels = torch.tensor([[[0, 0, 1, 255], [0, 2, 1, 1]]], dtype=torch.uint8)
-    bg, fg, neg = train_irn.affinity_labels(labels, PathIndex.build(2))
+    bg, fg, neg = train_irn.affinity_labels(labels, PathIndex.build(2), sources="all")
     index = PathIndex.build(2)
     d_right = index.directions.tolist().index([0, 1])
     assert bg[0, d_right, 0, 0] and not fg[0, d_right, 0, 0]  # 0-0

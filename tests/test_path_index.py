@@ -63,3 +63,23 @@ def test_to_pairs_reads_source_and_destination():
         want[inside] = ((ys + dy) * width + (xs + dx))[inside]
         np.testing.assert_array_equal(dst[0, d].numpy(), want)
         np.testing.assert_array_equal(src[0, d].numpy(), x[0].numpy())
+
+
+def test_reference_sources_are_irnet_path_index_sources():
+    """IRNet: rows 0 … h − radius_floor − 1, columns radius_floor … w − radius_floor − 1."""
+    index = PathIndex.build(3)  # radius_floor = ceil(3) - 1 = 2
+    keep = index.reference_sources(5, 7)
+    expected = torch.zeros(5, 7, dtype=torch.bool)
+    expected[0:3, 2:5] = True
+    assert torch.equal(keep, expected)
+    valid = index.pair_valid(5, 7)
+    assert valid[:, keep].all()  # every direction of a reference source stays inside
+
+
+def test_reference_pairs_are_fewer_than_all_valid_pairs_at_a_512_crop():
+    """At 128×128, radius 10: IRNet's set has D · 119 · 110 pairs; the wider set 17 % more."""
+    index = PathIndex.build(10)
+    reference = index.num_directions * 119 * 110
+    assert int(index.reference_sources(128, 128).sum()) * index.num_directions == reference
+    wider = int(index.pair_valid(128, 128).sum())
+    assert 1.15 < wider / reference < 1.19
