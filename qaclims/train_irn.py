@@ -169,6 +169,7 @@ def run(
         flip=False, label_stride=4, what="IR labels",
     )  # fmt: skip
     model.mean_shift.copy_(mean_displacement(model, plain, device))
+    model.inference_crop.fill_(crop_size)
     log.info("mean displacement %s", model.mean_shift.tolist())
     with atomic_path(out) as tmp:
         torch.save(model.state_dict(), tmp)

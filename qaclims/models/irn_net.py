@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from qaclims.errors import InputError
 from qaclims.models.backbone import stage_channels
@@ -65,6 +66,8 @@ class IRNet(nn.Module):
             ]
         )
         self.register_buffer("mean_shift", torch.zeros(2))
+        # the training crop, stored with the weights: inference pads images to it (0: never)
+        self.register_buffer("inference_crop", torch.tensor(0))
 
     def train(self, mode: bool = True) -> IRNet:
         super().train(mode)
@@ -102,8 +105,19 @@ class IRNet(nn.Module):
 
     @torch.no_grad()
     def boundary(self, image: torch.Tensor) -> torch.Tensor:
-        """h×w class-boundary map of one image (1×3×H×W) and its flip: σ of the mean logit."""
-        logits, _ = self(torch.cat([image, image.flip(-1)], dim=0))
+        """h×w class-boundary map of one image (1×3×H×W) and its flip: σ of the mean logit.
+
+        As IRNet's `EdgeDisplacement.forward`: the image and its flip are zero-padded at the
+        right and bottom to the training crop (GroupNorm then sees the canvas it was trained
+        on), and the logits are cut to ((H−1)//4+1, (W−1)//4+1) before the flip fusion. An
+        image larger than the crop is not cut (the reference's negative padding would).
+        """
+        height, width = image.shape[-2:]
+        crop = int(self.inference_crop)
+        pair = torch.cat([image, image.flip(-1)], dim=0)
+        pair = F.pad(pair, (0, max(crop - width, 0), 0, max(crop - height, 0)))
+        logits, _ = self(pair)
+        logits = logits[..., : (height - 1) // 4 + 1, : (width - 1) // 4 + 1]
         return torch.sigmoid((logits[0, 0] + logits[1, 0].flip(-1)) / 2)
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
