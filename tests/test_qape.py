@@ -288,3 +288,23 @@ def test_cpu_device_runs_full_precision() -> None:
     with devices.autocast(device):
         assert not torch.is_autocast_enabled("cpu")
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_checkpoint_generation_settings_do_not_change_the_decoding(loaded) -> None:
+    """BLIP's decoding is the paper's (beam 3, length 10, no penalties), whatever the checkpoint."""
+    model, processor = loaded
+    questions = [q.format("ring") for q in FG + BG]
+    ids = blip.question_ids(processor.tokenizer, questions, enc_token=True, max_tokens=35)
+    pixels = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    decoding = blip.Decoding(num_beams=3, max_length=10, min_length=1)
+    plain = blip.answer_ids(model, pixels, [ids], decoding)
+    config = model.text_decoder.generation_config
+    for name, value in {
+        "repetition_penalty": 50.0, "no_repeat_ngram_size": 1, "length_penalty": -10.0,
+        "early_stopping": True, "max_new_tokens": 2,
+    }.items():  # fmt: skip
+        setattr(config, name, value)
+    try:
+        assert blip.answer_ids(model, pixels, [ids], decoding) == plain
+    finally:
+        model.text_decoder.generation_config = type(config)()

@@ -36,6 +36,7 @@ from transformers import (
     BlipProcessor,
     BlipTextConfig,
     BlipVisionConfig,
+    GenerationConfig,
 )
 
 from qaclims.errors import InputError
@@ -206,6 +207,9 @@ def answer_ids(
     question_embeds = torch.cat(encoded)
     bos = torch.full((len(flat), 1), model.decoder_start_token_id, device=device)
     text_config = model.config.text_config
+    # Only the paper's decoding: nothing may come from the checkpoint's generation settings
+    # (a length or repetition penalty, max_new_tokens, ...), which fill every unset value.
+    model.text_decoder.generation_config = GenerationConfig()
     out = model.text_decoder.generate(
         input_ids=bos,
         eos_token_id=text_config.sep_token_id,
@@ -216,6 +220,11 @@ def answer_ids(
         max_length=decoding.max_length,
         min_length=decoding.min_length,
         do_sample=False,
+        length_penalty=1.0,
+        early_stopping=False,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        num_return_sequences=1,
     )
     answers = [strip_answer(row.tolist(), text_config) for row in out]
     result, start = [], 0
