@@ -143,3 +143,15 @@ def check_config(config: dict[str, Any], files: Iterable[str | os.PathLike] = ()
         elif not path and files:
             source = files[-1]
         raise InputError(f"{source}: config key '{key}': {err.message}")
+    _check_combinations(config)
+
+
+def _check_combinations(config: dict[str, Any]) -> None:
+    """Rules across keys that the schema cannot say."""
+    paper_mode = config.get("ritc", {}).get("clip_mode") == "mask_adapted"
+    if config["dataset"]["kind"] != "demo" and paper_mode and not config["models"].get("ovseg"):
+        raise InputError(
+            "config keys 'ritc.clip_mode' and 'models.ovseg': mask_adapted CLIP without an "
+            "OV-Seg checkpoint would run with all-zero mask prompts; give models.ovseg or "
+            "set ritc.clip_mode: plain"
+        )

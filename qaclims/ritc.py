@@ -204,6 +204,11 @@ def run(
         raise InputError(f"batchnorm '{batchnorm}' is not train or frozen")
     model = load_cam_net(baseline, len(names), depth=depth, fixed_bn=batchnorm == "frozen")
     depth_prompts = mask_prompt_depth if clip_mode == "mask_adapted" else 0
+    if depth_prompts and ovseg is None:
+        log.warning(
+            "clip_mode mask_adapted without an OV-Seg checkpoint: the mask prompts are all "
+            "zero, so this is NOT the paper's mask-adapted CLIP (models.ovseg)"
+        )
     clip = load_image_tower(
         clip_architecture,
         clip_pretrained,

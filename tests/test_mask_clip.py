@@ -84,3 +84,39 @@ def test_ovseg_entries_and_mask_prompts_are_loaded(tiny_clip_files, tmp_path):
     torch.save({"model": {"other.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
     with pytest.raises(InputError, match="not an OV-Seg checkpoint"):
         _tower(tiny_clip_files, ovseg=tmp_path / "bad.pth")
+
+
+def _ovseg(reference, tmp_path, edit) -> object:
+    state = {f"{OVSEG_PREFIX}visual.{k}": v for k, v in reference.visual.state_dict().items()}
+    edit(state)
+    torch.save({"model": state}, tmp_path / "ovseg.pth")
+    return tmp_path / "ovseg.pth"
+
+
+def test_missing_and_unexpected_keys_are_named(tiny_clip_files, tmp_path):
+    reference = _tower(tiny_clip_files)
+
+    def drop_one_add_one(state):
+        del state[f"{OVSEG_PREFIX}visual.proj"]
+        state[f"{OVSEG_PREFIX}visual.extra_head.weight"] = torch.zeros(1)
+
+    path = _ovseg(reference, tmp_path, drop_one_add_one)
+    with pytest.raises(InputError, match=r"missing \['proj'\], unexpected \['extra_head.weight'\]"):
+        _tower(tiny_clip_files, ovseg=path)
+
+
+def test_a_tower_of_another_size_is_an_input_error(tiny_clip_files, tmp_path):
+    reference = _tower(tiny_clip_files)
+
+    def widen(state):
+        key = f"{OVSEG_PREFIX}visual.proj"
+        state[key] = torch.zeros(state[key].shape[0] * 2, state[key].shape[1])
+
+    with pytest.raises(InputError, match=r"ovseg\.pth: its image tower does not fit"):
+        _tower(tiny_clip_files, ovseg=_ovseg(reference, tmp_path, widen))
+
+
+def test_a_pickled_training_dict_is_an_input_error(tiny_clip_files, tmp_path):
+    torch.save({"model": {}, "iteration": Path("iter")}, tmp_path / "pickled.pth")  # detectron2
+    with pytest.raises(InputError, match=r"pickled\.pth: not a weights-only torch checkpoint"):
+        _tower(tiny_clip_files, ovseg=tmp_path / "pickled.pth")

@@ -15,6 +15,7 @@ respect to its input: RITC trains the CAM network through it.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -88,28 +89,40 @@ class MaskCLIPImage(nn.Module):
 
 
 def load_ovseg(tower: MaskCLIPImage, path: Path) -> None:
-    """Image-tower entries and mask prompts of an OV-Seg checkpoint, loaded non-strict."""
+    """Image-tower entries and mask prompts of an OV-Seg checkpoint; every tower key must match."""
     if not Path(path).is_file():
         raise InputError(f"{path}: OV-Seg checkpoint (models.ovseg) not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        raise InputError(f"{path}: not a weights-only torch checkpoint ({err})") from err
     state = state.get("model", state)
     entries = {k[len(OVSEG_PREFIX) :]: v for k, v in state.items() if k.startswith(OVSEG_PREFIX)}
     visual = {k[len("visual.") :]: v for k, v in entries.items() if k.startswith("visual.")}
     prompts = visual.pop("mask_embedding", None)
     if not visual:
         raise InputError(f"{path}: no '{OVSEG_PREFIX}visual.*' entries: not an OV-Seg checkpoint")
-    missing, unexpected = tower.visual.load_state_dict(visual, strict=False)
+    try:
+        missing, unexpected = tower.visual.load_state_dict(visual, strict=False)
+    except RuntimeError as err:  # a shape mismatch, e.g. a ViT-B OV-Seg over a ViT-L tower
+        raise InputError(
+            f"{path}: its image tower does not fit {type(tower.visual).__name__} ({err})"
+        ) from err
+    if missing or unexpected:
+        raise InputError(
+            f"{path}: OV-Seg image tower keys do not match the CLIP tower: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            f" ({len(missing)} missing, {len(unexpected)} unexpected in all)"
+        )
     if prompts is not None:
         if prompts.shape[1:] != tower.mask_embedding.shape[1:]:
             raise InputError(f"{path}: mask prompts {tuple(prompts.shape)} do not fit the tower")
         depth = min(prompts.shape[0], tower.mask_embedding.shape[0])
         tower.mask_embedding.data[:depth] = prompts[:depth]
     log.info(
-        "OV-Seg %s: %d image-tower tensors loaded, %d missing, %d unexpected, mask prompts %s",
+        "OV-Seg %s: %d image-tower tensors loaded, mask prompts %s",
         path,
-        len(visual) - len(unexpected),
-        len(missing),
-        len(unexpected),
+        len(visual),
         None if prompts is None else tuple(prompts.shape),
     )
 
