@@ -8,15 +8,31 @@ CPU (CPU autocast changes results and is slower on the machines we run on).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
 
+from qaclims.errors import InputError
+from qaclims.gpu_binding import JOB_GPUS_ENV, gpu_optional
+
 
 def pick_device() -> torch.device:
-    """The current CUDA device when one is visible, else the CPU."""
+    """The current CUDA device when one is visible, else the CPU.
+
+    A job that was given GPUs (qaclims.gpu_binding sets QACLIMS_JOB_GPUS) but whose torch
+    cannot use them fails here: days on the CPU are never what was asked for.
+    """
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
+    given = int(os.environ.get(JOB_GPUS_ENV) or 0)
+    if given and not gpu_optional(os.environ):
+        cards = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        raise InputError(
+            f"this job was given {given} GPU(s) (CUDA_VISIBLE_DEVICES={cards!r}) but torch "
+            f"sees no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+            "set the stage's `gpu` config key to 0 to run it on the CPU"
+        )
     return torch.device("cpu")
 
 

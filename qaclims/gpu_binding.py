@@ -6,7 +6,10 @@ lock file per card until CMD exits. With `snakemake --resources gpu=2` two GPU j
 once, and the locks make them pick different cards. Locks are `flock`s: a crashed job
 releases its cards with its process. Under SLURM the scheduler has already chosen the
 cards (CUDA_VISIBLE_DEVICES is set in the job), so that choice is kept as it is.
-N = 0 hides every card (the job runs on the CPU).
+N = 0 hides every card (the job runs on the CPU). A job that needs N ≥ 1 cards and sees none
+fails at once instead of running for days on the CPU; the job learns how many it was given
+(QACLIMS_JOB_GPUS), so a stage whose CUDA is unusable fails too (qaclims/devices.py). With
+QACLIMS_GPU_OPTIONAL=1 both run on the CPU instead (to try a cluster setup without cards).
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+JOB_GPUS_ENV = "QACLIMS_JOB_GPUS"
+GPU_OPTIONAL_ENV = "QACLIMS_GPU_OPTIONAL"
+
+
+def gpu_optional(env: dict[str, str] | os._Environ) -> bool:
+    return env.get(GPU_OPTIONAL_ENV) == "1"
 
 
 def lock_dir() -> Path:
@@ -82,7 +92,7 @@ def acquire(
 
 def bound_env(n: int, env: dict[str, str], devices: list[str]) -> dict[str, str]:
     """The environment for a job given `devices` (or none at all when n == 0)."""
-    return {**env, "CUDA_VISIBLE_DEVICES": ",".join(devices) if n else ""}
+    return {**env, "CUDA_VISIBLE_DEVICES": ",".join(devices) if n else "", JOB_GPUS_ENV: str(n)}
 
 
 def run(n: int, command: list[str]) -> int:
@@ -91,11 +101,19 @@ def run(n: int, command: list[str]) -> int:
     if n == 0:
         return subprocess.call(command, env=bound_env(0, env, []))
     if "SLURM_JOB_ID" in env and "CUDA_VISIBLE_DEVICES" in env:
-        return subprocess.call(command, env=env)
+        return subprocess.call(command, env={**env, JOB_GPUS_ENV: str(n)})
     devices = visible_devices(env)
     if not devices:
-        print("gpu_binding: no GPU visible, running on the CPU", file=sys.stderr)
-        return subprocess.call(command, env=env)
+        if gpu_optional(env):
+            print(f"gpu_binding: no GPU visible, {GPU_OPTIONAL_ENV}=1: the CPU", file=sys.stderr)
+            return subprocess.call(command, env=env)
+        print(
+            f"gpu_binding: error: this job needs {n} GPU(s) (its stage's `gpu` config key) but "
+            "sees none (no CUDA_VISIBLE_DEVICES, no nvidia-smi); set that key to 0 to run it "
+            "on the CPU",
+            file=sys.stderr,
+        )
+        return 2
     with acquire(n, devices, lock_dir()) as chosen:
         print(f"gpu_binding: CUDA_VISIBLE_DEVICES={','.join(chosen)}", file=sys.stderr)
         return subprocess.call(command, env=bound_env(n, env, chosen))

@@ -8,8 +8,10 @@ import sys
 import time
 
 import pytest
+import torch
 
-from qaclims import gpu_binding
+from qaclims import devices, gpu_binding
+from qaclims.errors import InputError
 
 
 def test_two_holders_get_different_cards(tmp_path):
@@ -75,3 +77,34 @@ def test_cli_keeps_slurm_assignment(tmp_path):
 
 def test_cli_zero_gpus_hides_cards(tmp_path):
     assert _child_env(tmp_path, CUDA_VISIBLE_DEVICES="0,1", n="0") == ""
+
+
+def _no_gpu_env(tmp_path, **extra: str) -> dict[str, str]:
+    """No CUDA_VISIBLE_DEVICES and a PATH without nvidia-smi: a machine without cards."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
+    return {
+        **env,
+        "PATH": os.path.dirname(sys.executable),
+        "QACLIMS_GPU_LOCK_DIR": str(tmp_path),
+        **extra,
+    }
+
+
+def test_a_gpu_job_that_sees_no_card_fails_instead_of_running_on_the_cpu(tmp_path):
+    cmd = [sys.executable, "-m", "qaclims.gpu_binding", "1", "--", sys.executable, "-c", "1"]
+    result = subprocess.run(cmd, env=_no_gpu_env(tmp_path), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "needs 1 GPU(s)" in result.stderr and "set that key to 0" in result.stderr
+    optional = _no_gpu_env(tmp_path, QACLIMS_GPU_OPTIONAL="1")
+    assert subprocess.run(cmd, env=optional, capture_output=True).returncode == 0
+
+
+def test_a_stage_given_a_gpu_that_torch_cannot_use_fails(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    monkeypatch.setenv("QACLIMS_JOB_GPUS", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(InputError, match=r"given 1 GPU.*set the stage's `gpu` config key to 0"):
+        devices.pick_device()
+    monkeypatch.setenv("QACLIMS_GPU_OPTIONAL", "1")
+    assert devices.pick_device().type == "cpu"

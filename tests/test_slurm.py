@@ -46,6 +46,7 @@ def test_demo_slice_runs_as_slurm_jobs(cluster, tmp_path, capsys, real_path):
         "PATH": f"{BIN}{os.pathsep}{real_path}",
         "QACLIMS_SLURM_ACCOUNT": "ci",
         "QACLIMS_SLURM_PARTITION": "debug",
+        "QACLIMS_GPU_OPTIONAL": "1",  # the cluster's GPU is a fake one: torch sees no CUDA
     }
     target = "results/demo/qape/fg/shard-0.parquet"
     overlay = tmp_path / "slurm.yaml"
