@@ -1,8 +1,8 @@
 """Device choice shared by every stage: CUDA when present, the CPU otherwise.
 
 Nothing in qaclims calls `.cuda()` directly; stages ask `pick_device()` and wrap their
-forward passes in `autocast(device)`, which is mixed precision on CUDA and a no-op on the
-CPU (CPU autocast changes results and is slower on the machines we run on).
+forward passes in `autocast(device, precision)`: fp32 (the reference, the default) or bf16
+on CUDA, per stage by config (`<stage>.precision`); the CPU always runs fp32.
 """
 
 from __future__ import annotations
@@ -36,17 +36,29 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the card supports it, fp16 on older cards, None (full precision) on CPU."""
-    if device.type != "cuda":
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype of `precision` on `device`: bf16 on a CUDA card, else None (fp32).
+
+    fp32 is the reference's precision and the default. bf16 runs only on CUDA (on the CPU
+    it is slower and changes results), and only on cards that support it: fp16 would need
+    loss scaling, which none of the reference setups use.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision '{precision}' is not one of {PRECISIONS}")
+    if precision == "fp32" or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if not torch.cuda.is_bf16_supported():
+        raise InputError(f"precision bf16 needs a card with bfloat16 support, not {device}")
+    return torch.bfloat16
 
 
 @contextlib.contextmanager
-def autocast(device: torch.device, enabled: bool = True) -> Iterator[None]:
-    """Mixed precision on CUDA; on the CPU (or with `enabled=False`) nothing changes."""
-    dtype = autocast_dtype(device) if enabled else None
+def autocast(device: torch.device, precision: str = "fp32") -> Iterator[None]:
+    """bf16 autocast on CUDA when `precision` is "bf16"; otherwise full precision."""
+    dtype = autocast_dtype(device, precision)
     if dtype is None:
         yield
         return

@@ -1,9 +1,10 @@
 """Text features of every (image, class) pair, ready for RITC's step (ALGORITHM §1, §3).
 
 t_fg = w · e(prompt(class name)) + ((1 − w) / n_questions) · Σ e(prompt(FG text)), summed
-over the pair's FG rows (w = `label_weight`, the paper's 0.5; an ablation of the paper) (duplicates count, no renormalisation); T_bg = the features of the
-pair's distinct BG texts (possibly none). Everything is computed once, vectorised over the
-corpus: a training step only gathers rows by pair id.
+over the pair's FG rows (duplicates count, no renormalisation; w = `label_weight`, the
+paper's 0.5, one of its ablations); T_bg = the features of the pair's distinct BG texts
+(possibly none). Everything is computed once, vectorised over the corpus: a training step
+only gathers rows by pair id.
 
 T_bg is stored as indices into the matrix of the unique BG texts (P × L_max, −1 padding)
 rather than as a dense P × L_max × D tensor: on COCO (≈ 240k pairs, D = 768, L_max 10) the

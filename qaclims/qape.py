@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from qaclims import fingerprint, vqa_answers
 from qaclims.answer_store import AnswerStore, image_sha, store_key
-from qaclims.devices import limit_cpu_threads, pick_device
+from qaclims.devices import PRECISIONS, limit_cpu_threads, pick_device
 from qaclims.digest import code_digest, library_versions
 from qaclims.errors import InputError
 from qaclims.models import blip
@@ -86,6 +86,7 @@ def answer_setup(model: str, answering: vqa_answers.Answering) -> dict:
         "decoding": dataclasses.asdict(answering.decoding),
         "enc_token": answering.enc_token,
         "max_question_tokens": answering.max_question_tokens,
+        "precision": answering.precision,
         "code": code_digest(ANSWERING_CODE, entry=False),
         "libraries": library_versions(ANSWERING_CODE),
     }
@@ -119,6 +120,7 @@ def run(
     min_length: int = 1,
     enc_token: bool = True,
     max_question_tokens: int = 35,
+    precision: str = "fp32",
     lemmatizer: str = "lemminflect",
     wordnet_dir: Path | None = None,
     batch_images: int = 8,
@@ -156,6 +158,7 @@ def run(
         decoding=blip.Decoding(num_beams=num_beams, max_length=max_length, min_length=min_length),
         enc_token=enc_token,
         max_question_tokens=max_question_tokens,
+        precision=precision,
     )
     start = time.perf_counter()
     answers = AnswerStore(
@@ -273,6 +276,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-length", type=int, default=1)
     p.add_argument("--enc-token", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--max-question-tokens", type=int, default=35)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: CUDA autocast")
     p.add_argument("--lemmatizer", choices=LEMMATIZERS, default="lemminflect")
     p.add_argument("--wordnet-dir", type=Path, default=None)
     p.add_argument("--batch-images", type=int, default=8)
@@ -300,6 +304,7 @@ def main(args: argparse.Namespace) -> None:
         min_length=args.min_length,
         enc_token=args.enc_token,
         max_question_tokens=args.max_question_tokens,
+        precision=args.precision,
         lemmatizer=args.lemmatizer,
         wordnet_dir=args.wordnet_dir,
         batch_images=args.batch_images,

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from qaclims.augment import IMAGENET_MEAN, IMAGENET_STD, ManifestImages
+from qaclims.devices import PRECISIONS
 from qaclims.digest import code_digest
 from qaclims.errors import InputError
 from qaclims.models.cam_net import load_cam_net
@@ -173,6 +174,7 @@ def run(
     loss_weights: tuple[float, float, float],
     pair_sum_divisor: float,
     label_weight: float = 0.5,
+    precision: str = "fp32",
     seed: int,
     workers: int = 0,
 ) -> dict[str, float]:
@@ -257,6 +259,7 @@ def run(
         checkpoint_dir=checkpoint_dir,
         out_path=out,
         device=device,
+        precision=precision,
     )
 
 
@@ -305,6 +308,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pair-sum-divisor", type=float, default=2.0, help="reference: B_global / 4")
     p.add_argument("--label-weight", type=float, default=0.5, help="w of t_fg = w·e(label) + …")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: CUDA autocast")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0)
 
@@ -345,6 +349,7 @@ def main(args: argparse.Namespace) -> None:
         loss_weights=tuple(args.loss_weights),
         pair_sum_divisor=args.pair_sum_divisor,
         label_weight=args.label_weight,
+        precision=args.precision,
         seed=args.seed,
         workers=args.workers,
     )

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from qaclims.atomic import atomic_path
-from qaclims.devices import autocast, pick_device
+from qaclims.devices import PRECISIONS, autocast, pick_device
 from qaclims.digest import code_digest
 from qaclims.errors import InputError
 from qaclims.labelled import IGNORE, LabelledImages
@@ -86,12 +86,14 @@ def irn_loss(
 
 
 @torch.no_grad()
-def mean_displacement(model: IRNet, dataset: LabelledImages, device: torch.device) -> Tensor:
+def mean_displacement(
+    model: IRNet, dataset: LabelledImages, device: torch.device, precision: str = "fp32"
+) -> Tensor:
     """Mean of the displacement field over the (top-left crops of the) dataset's images."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)
     for i in range(len(dataset)):
-        with autocast(device):
+        with autocast(device, precision):
             _, dp = model(dataset[i]["image"][None].to(device))
         total += dp.float().mean(dim=(0, 2, 3)).cpu().double()
     return (total / len(dataset)).float()
@@ -111,6 +113,7 @@ def run(
     scale_range: tuple[float, float],
     radius: int,
     pair_sources: str = "reference",
+    precision: str = "fp32",
     batch_size: int,
     epochs: int,
     edge_lr: float,
@@ -163,12 +166,13 @@ def run(
         checkpoint_dir=checkpoint_dir,
         out_path=trained,
         device=device,
+        precision=precision,
     )
     plain = LabelledImages(
         manifest, split, ir_labels, num_classes, crop_size=crop_size, scale_range=None,
         flip=False, label_stride=4, what="IR labels",
     )  # fmt: skip
-    model.mean_shift.copy_(mean_displacement(model, plain, device))
+    model.mean_shift.copy_(mean_displacement(model, plain, device, precision))
     model.inference_crop.fill_(crop_size)
     log.info("mean displacement %s", model.mean_shift.tolist())
     with atomic_path(out) as tmp:
@@ -191,6 +195,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 1.5))
     p.add_argument("--radius", type=int, default=10)
     p.add_argument("--pair-sources", choices=PAIR_SOURCES, default="reference")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: CUDA autocast")
     p.add_argument("--batch-size", type=int, default=32, help="global batch")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--edge-lr", type=float, default=0.1)
@@ -209,6 +214,7 @@ def main(args: argparse.Namespace) -> None:
         weights=args.weights, crop_size=args.crop_size, scale_range=tuple(args.scale_range),
         radius=args.radius,
         pair_sources=args.pair_sources,
+        precision=args.precision,
         batch_size=args.batch_size, epochs=args.epochs, edge_lr=args.edge_lr,
         displacement_lr=args.displacement_lr, weight_decay=args.weight_decay,
         momentum=args.momentum, poly_power=args.poly_power, seed=args.seed, workers=args.workers,

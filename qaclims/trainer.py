@@ -244,23 +244,34 @@ def train(
     checkpoint_dir: Path,
     out_path: Path,
     device: torch.device,
-    amp: bool = True,
+    precision: str = "fp32",
     collate_fn: Callable | None = None,
     log_every: int = 10,
+    batch_key: str | None = None,
 ) -> dict[str, float]:
     """Train `model` with poly-LR SGD; resume from `checkpoint_dir`; save weights to `out_path`.
 
     `loss_fn(model, batch)` gets the collated batch already on `device` and returns the
     loss and its named terms (floats, for the log). `param_groups` are SGD groups whose
-    "lr" is the initial LR of the poly schedule. Returns the number of steps, the mean
-    loss terms of the last epoch, the wall time and the throughput.
+    "lr" is the initial LR of the poly schedule. `batch_key` names the config key of
+    `batch_size` (e.g. "cam.batch_size"), so that a dataset smaller than one batch says
+    what to lower. Returns the number of steps, the mean loss terms of the last epoch, the
+    wall time and the throughput.
     """
     rank, world, owns_group = _distributed(device)
     if batch_size % world:
         raise InputError(f"global batch {batch_size} is not divisible by {world} processes")
     steps_per_epoch = len(dataset) // batch_size
     if steps_per_epoch == 0:
-        raise InputError(f"{len(dataset)} training images are fewer than one batch ({batch_size})")
+        limit = len(dataset) // world * world
+        hint = (
+            f"lower {batch_key or 'the batch size'} to at most {limit}"
+            if limit
+            else f"{world} processes need at least {world} images"
+        )
+        raise InputError(
+            f"{len(dataset)} training images are fewer than one batch ({batch_size}): {hint}"
+        )
     max_step = steps_per_epoch * epochs
     checkpoint_dir = Path(checkpoint_dir)
     settings = {
@@ -272,13 +283,13 @@ def train(
         "weight_decay": weight_decay,
         "momentum": momentum,
         "poly_power": poly_power,
+        "precision": precision,
     }
     fingerprint = _fingerprint(model, settings)
     if rank == 0:
         for old in prune_superseded(checkpoint_dir):
             log.info("removed %s: a run of superseded settings", old)
-    # bf16 only: fp16 would need loss scaling, which none of the reference setups use.
-    amp_on = amp and autocast_dtype(device) == torch.bfloat16
+    autocast_dtype(device, precision)  # an unknown or unsupported precision fails here
 
     if world > 1 and device.type == "cuda":
         model = _sync_batchnorm(model)
@@ -351,7 +362,7 @@ def train(
         for i, batch in enumerate(_batches(loader, device)):
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * (1 - step / max_step) ** poly_power
-            with autocast(device, enabled=amp_on):
+            with autocast(device, precision):
                 loss, terms = loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -31,6 +31,7 @@ class Answering:
     decoding: blip.Decoding
     enc_token: bool
     max_question_tokens: int
+    precision: str = "fp32"  # bf16: autocast on CUDA (qaclims/devices.py)
 
 
 class _Images(Dataset):
@@ -101,7 +102,7 @@ def answer(
             raise InputError(errors[0])
         pixels = torch.stack([x for _, x, _ in items]).to(device, non_blocking=True)
         asked = [[ids_of[q] for q in requests[i][1]] for i, _, _ in items]
-        with autocast(device):
+        with autocast(device, answering.precision):
             ids = blip.answer_ids(vqa, pixels, asked, answering.decoding)
         answers += [blip.decode(processor.tokenizer, per_image) for per_image in ids]
         progress(len(items))

@@ -82,6 +82,7 @@ rule qape:
                         "min_length",
                         "enc_token",
                         "max_question_tokens",
+                        "precision",
                         "lemmatizer",
                         "wordnet_dir",
                     )
