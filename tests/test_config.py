@@ -105,7 +105,7 @@ def test_nested_command_line_values_are_typed_by_the_schema():
 def test_mask_adapted_clip_without_ovseg_is_refused_on_real_data():
     config = _merge(_load(ROOT / "config.yaml"), _load(ROOT / "configs" / "voc12.yaml"))
     config["models"]["ovseg"] = None
-    with pytest.raises(InputError, match="ritc.clip_mode.*models.ovseg.*all-zero mask prompts"):
+    with pytest.raises(InputError, match=r"ritc.clip_mode.*models.ovseg.*all-zero mask prompts"):
         check_config(config)
     config["ritc"]["clip_mode"] = "plain"
     check_config(config)
@@ -115,5 +115,5 @@ def test_mask_adapted_clip_without_ovseg_is_refused_on_real_data():
 def test_a_random_frozen_irn_backbone_is_refused():
     config = _load(ROOT / "config.yaml")
     config["irn"]["weights"] = None
-    with pytest.raises(InputError, match="irn.weights"):
+    with pytest.raises(InputError, match=r"irn\.weights"):
         check_config(config)
