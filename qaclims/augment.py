@@ -12,6 +12,7 @@ the loader per worker), so a run is reproducible with any number of workers.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from torch.utils.data import Dataset
 from qaclims.errors import InputError
 from qaclims.images import read_rgb
 from qaclims.tables import read_manifest
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,8 +73,12 @@ def random_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
 class ManifestImages(Dataset):
     """Images and multi-hot labels of one manifest split, augmented or as stored.
 
-    Items are dicts: `image` (3×crop×crop, or 3×H×W when not augmented), `label` (C floats)
-    and `index` (the row, in image_id order; RITC looks up its pair texts by it).
+    Images without labels are left out (and counted in the log) unless `keep_unlabelled`:
+    they would teach the baseline classifier all-negative samples. RITC keeps them, as the
+    reference runs it over every train2014 id (ALGORITHM §9): they hold no pair and only
+    enter L_REG. Items are dicts: `image`
+    (3×crop×crop, or 3×H×W when not augmented), `label` (C floats) and `index` (the row
+    among the labelled images, in image_id order; RITC looks up its pair texts by it).
     """
 
     def __init__(
@@ -84,24 +91,34 @@ class ManifestImages(Dataset):
         resize_range: tuple[int, int] = (320, 640),
         augment: bool = True,
         root: Path = Path("."),
+        keep_unlabelled: bool = False,
     ) -> None:
         table = read_manifest(manifest, split=split, columns=["image_id", "path", "labels"])
         if table.num_rows == 0:
             raise InputError(f"{manifest}: split '{split}' has no images")
         if not 0 < resize_range[0] <= resize_range[1]:
             raise InputError(f"resize range {resize_range} is not 0 < min <= max")
-        self.image_ids: list[str] = table.column("image_id").to_pylist()
-        self.paths = [Path(root) / p for p in table.column("path").to_pylist()]
-        self.labels = torch.zeros(table.num_rows, num_classes)
-        for i, (image_id, labels) in enumerate(
-            zip(self.image_ids, table.column("labels").to_pylist(), strict=True)
-        ):
-            bad = [c for c in labels if not 0 <= c < num_classes]
+        rows = [r for r in table.to_pylist() if r["labels"] or keep_unlabelled]
+        if not rows:
+            raise InputError(f"{manifest}: no image of split '{split}' has a label")
+        if len(rows) < table.num_rows:
+            log.info(
+                "%s: %d of %d '%s' images have no labels and are left out",
+                manifest,
+                table.num_rows - len(rows),
+                table.num_rows,
+                split,
+            )
+        self.image_ids: list[str] = [r["image_id"] for r in rows]
+        self.paths = [Path(root) / r["path"] for r in rows]
+        self.labels = torch.zeros(len(rows), num_classes)
+        for i, row in enumerate(rows):
+            bad = [c for c in row["labels"] if not 0 <= c < num_classes]
             if bad:
                 raise InputError(
-                    f"{manifest}: image {image_id} has class ids {bad} >= {num_classes}"
+                    f"{manifest}: image {row['image_id']} has class ids {bad} >= {num_classes}"
                 )
-            self.labels[i, labels] = 1.0
+            self.labels[i, row["labels"]] = 1.0
         self.crop_size = crop_size
         self.resize_range = resize_range
         self.augment = augment

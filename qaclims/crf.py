@@ -145,23 +145,26 @@ def run(
     if unknown:
         raise InputError(f"{cams}: image {unknown[0]} is not a '{split}' image of {manifest}")
     tasks = [(i, paths[i]) for i in ids]
+    if not tasks:
+        log.warning("crf: %s holds no images; writing an empty IR-label folder", cams)
     settings = {"fg_threshold": fg_threshold, "bg_threshold": bg_threshold, "params": params}
     counts = np.zeros(3, dtype=np.int64)
+    processes = min(workers, len(tasks))
     start = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
-        if workers <= 1:
+        if processes <= 1:
             _init_worker(cams, tmp, settings)
             results = map(_label_one, tasks)
         else:
             pool = multiprocessing.get_context("spawn").Pool(
-                workers, initializer=_init_worker, initargs=(cams, tmp, settings)
+                processes, initializer=_init_worker, initargs=(cams, tmp, settings)
             )
             results = pool.imap_unordered(_label_one, tasks)
         try:
             for c in tqdm(results, total=len(tasks), desc="crf", mininterval=30):
                 counts += c
         finally:
-            if workers <= 1:
+            if processes <= 1:
                 _worker.pop("reader").close()
             else:
                 pool.terminate()

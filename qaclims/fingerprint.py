@@ -195,13 +195,39 @@ def looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
 
 
+def _hub_repo(repo_id: str) -> Path:
+    """Where the local Hugging Face cache keeps `repo_id` (as `hub_revision` reads it)."""
+    return hf_hub_cache() / f"models--{repo_id.replace('/', '--')}"
+
+
+def missing_vqa(name: str) -> InputError:
+    """The error for a `models.vqa` that is neither an existing folder nor a cached hub id.
+
+    "a/b" reads as a hub id, so a mistyped relative folder must not be reported as a model
+    to download: when the folder's parent exists, the name is a path that is missing.
+    """
+    path = Path(name).expanduser().absolute()
+    if not looks_like_hub_id(name) or path.parent.is_dir():
+        return InputError(
+            f"{name}: VQA model folder (models.vqa) does not exist ({path}), "
+            "nor is it a hub id in the local Hugging Face cache"
+        )
+    return InputError(
+        f"VQA model (models.vqa) '{name}' is not in the local Hugging Face cache "
+        f"({_hub_repo(name)}) and there is no folder {path}; fetch it once with "
+        f"`hf download {name}` where there is a network, or give an existing folder"
+    )
+
+
 def vqa_identity(name: str, cache: DigestCache) -> dict[str, str]:
     """A VQA model: a local folder by its files' digest, a hub id by cached revision."""
     path = Path(name).expanduser()
     if path.is_dir():
         return {"folder": cache.folder(path)}
-    if path.exists() or not looks_like_hub_id(name):
-        raise InputError(f"{name}: VQA model folder (models.vqa) not found")
+    if path.exists():
+        raise InputError(f"{name}: VQA model (models.vqa) is a file, not a model folder")
+    if not looks_like_hub_id(name) or not (_hub_repo(name) / "refs" / "main").is_file():
+        raise missing_vqa(name)
     return {"hub": name, "revision": hub_revision(name, VQA_MARKERS, "VQA model (models.vqa)")}
 
 

@@ -56,6 +56,7 @@ def run(
                 staging_dir=staging,
                 max_images=max_images,
                 verify_images=verify_images,
+                workers=workers,
             )
     else:
         rows, names = voc.read(root, sbd_root, verify_images=verify_images, workers=workers)

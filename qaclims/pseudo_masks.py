@@ -23,7 +23,7 @@ from tqdm import tqdm
 from qaclims.atomic import atomic_dir
 from qaclims.augment import normalize
 from qaclims.cam_store import read_cams
-from qaclims.devices import autocast, pick_device
+from qaclims.devices import PRECISIONS, autocast, pick_device
 from qaclims.errors import InputError
 from qaclims.images import read_rgb, save_label_png, voc_palette
 from qaclims.models.irn_net import IRNet, load_irn
@@ -61,9 +61,12 @@ def pseudo_mask(
     beta: float,
     exp_times: int,
     bg_threshold: float,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """H×W uint8 pseudo mask of one image from its strided CAMs (K×⌈H/4⌉×⌈W/4⌉)."""
-    with autocast(device):
+    if len(keys) == 0:  # no class to walk: all background, no boundary map needed
+        return np.zeros(rgb.shape[:2], np.uint8)
+    with autocast(device, precision):
         edge = model.boundary(normalize(rgb)[None].to(device)).float()
     cams = torch.from_numpy(strided).to(device)
     if edge.shape != cams.shape[1:]:
@@ -83,6 +86,7 @@ def run(
     beta: float,
     exp_times: int,
     bg_threshold: float,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Write `<out_dir>/<image_id>.png` for every image of the CAM shard file `cams`."""
     device = pick_device()
@@ -91,8 +95,11 @@ def run(
     paths = {r["image_id"]: Path(r["path"]) for r in rows}
     model = load_irn(irn, depth=depth, map_location=device).to(device).eval()
     palette = voc_palette()
-    fg = total = 0
+    # Pixels of all images, and of those with classes (the others are background by rule).
+    fg = total = labelled_fg = labelled_total = 0
     with read_cams(cams) as store, atomic_dir(out_dir) as tmp:
+        if not len(store):
+            log.warning("pseudo_masks: %s holds no images; writing an empty folder", cams)
         for image_id, record in tqdm(store, total=len(store), mininterval=30):
             if image_id not in paths:
                 raise InputError(f"{cams}: image {image_id} is not in {manifest}")
@@ -104,13 +111,26 @@ def run(
                 )
             mask = pseudo_mask(
                 model, rgb, record.strided, record.keys, device, radius=radius, beta=beta,
-                exp_times=exp_times, bg_threshold=bg_threshold,
+                exp_times=exp_times, bg_threshold=bg_threshold, precision=precision,
             )  # fmt: skip
             save_label_png(mask, tmp / f"{image_id}.png", palette)
             fg += int((mask > 0).sum())
             total += mask.size
+            if len(record.keys):
+                labelled_fg += int((mask > 0).sum())
+                labelled_total += mask.size
         count = len(store)
-    return {"images": float(count), "foreground_fraction": fg / max(total, 1)}
+    summary = {"images": float(count), "foreground_fraction": fg / max(total, 1)}
+    log.info("pseudo_masks of %s: %s", cams, summary)
+    if labelled_total and labelled_fg in (0, labelled_total):
+        log.warning(
+            "pseudo_masks: every pixel of the images with classes in %s is %s; check the CAMs, "
+            "the IRN and pseudo_masks.bg_threshold (%s)",
+            cams,
+            "background" if labelled_fg == 0 else "foreground",
+            bg_threshold,
+        )
+    return summary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -123,12 +143,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=10.0)
     p.add_argument("--exp-times", type=int, default=8)
     p.add_argument("--bg-threshold", type=float, default=0.2)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: CUDA autocast")
 
 
 def main(args: argparse.Namespace) -> None:
-    summary = run(
+    run(
         manifest=args.manifest, cams=args.cams, irn=args.irn, out_dir=args.out,
         depth=args.depth, radius=args.radius, beta=args.beta, exp_times=args.exp_times,
-        bg_threshold=args.bg_threshold,
+        bg_threshold=args.bg_threshold, precision=args.precision,
     )  # fmt: skip
-    log.info("pseudo_masks done: %s", summary)

@@ -80,10 +80,14 @@ def propagate(
     """Walk `cams` (C×H×W) · (1 − edge) on the affinities of `edge` (H×W in [0, 1]): C×H×W."""
     if cams.shape[-2:] != edge.shape:
         raise ValueError(f"CAMs {tuple(cams.shape)} and boundary map {tuple(edge.shape)} differ")
+    if method not in ("auto", "dense", "sparse"):
+        raise ValueError(f"method must be auto, dense or sparse, got {method!r}")
+    channels, height, width = cams.shape
+    if channels == 0:  # an image without classes: nothing to walk
+        return cams.float()
     if method == "auto":
         method = "dense" if edge.numel() <= DENSE_MAX_PIXELS else "sparse"
     path_index = PathIndex.build(radius)
-    channels, height, width = cams.shape
     x = (cams * (1.0 - edge)).reshape(channels, -1).float()
     edge = edge.float()
     if method == "dense":
@@ -91,12 +95,10 @@ def propagate(
         for _ in range(exp_times):
             trans = trans @ trans
         out = x @ trans
-    elif method == "sparse":
+    else:
         trans_t = sparse_transition_t(edge, path_index, beta)
         y = x.t().contiguous()
         for _ in range(2**exp_times):
             y = trans_t @ y
         out = y.t()
-    else:
-        raise ValueError(f"method must be auto, dense or sparse, got {method!r}")
     return out.reshape(channels, height, width)

@@ -190,7 +190,12 @@ def run(
     device = rank_device()
     names = read_class_names(classes)
     dataset = ManifestImages(
-        manifest, split, len(names), crop_size=crop_size, resize_range=resize_range
+        manifest,
+        split,
+        len(names),
+        crop_size=crop_size,
+        resize_range=resize_range,
+        keep_unlabelled=True,  # the reference's RITC runs over every image (ALGORITHM §9)
     )
     texts = load_pair_texts(
         corpus_fg=corpus_fg,
@@ -260,6 +265,7 @@ def run(
         out_path=out,
         device=device,
         precision=precision,
+        batch_key="ritc.batch_size",
     )
 
 

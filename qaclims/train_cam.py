@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from qaclims.augment import ManifestImages
-from qaclims.devices import autocast
+from qaclims.devices import PRECISIONS, autocast
 from qaclims.digest import code_digest
 from qaclims.models.backbone import FixedBatchNorm
 from qaclims.models.cam_net import CAMNet
@@ -63,14 +63,14 @@ def calibrate_batchnorm(
 
 @torch.no_grad()
 def label_accuracy(
-    model: CAMNet, dataset: ManifestImages, device: torch.device
+    model: CAMNet, dataset: ManifestImages, device: torch.device, precision: str = "fp32"
 ) -> dict[str, float]:
     """Mean per-label accuracy and exact-match rate of logit > 0, one image at a time."""
     model.eval()
     correct = exact = 0.0
     for i in range(len(dataset)):
         item = dataset[i]
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(item["image"][None].to(device)).float()[0].cpu()
         hits = (logits > 0).float() == item["label"]
         correct += hits.float().mean().item()
@@ -98,6 +98,7 @@ def run(
     poly_power: float,
     seed: int,
     workers: int = 0,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Train the baseline CAM classifier on `split`; write its state dict to `out`.
 
@@ -131,9 +132,11 @@ def run(
         checkpoint_dir=checkpoint_dir,
         out_path=out,
         device=device,
+        precision=precision,
+        batch_key="cam.batch_size",
     )
     plain = ManifestImages(manifest, split, len(names), crop_size=crop_size, augment=False)
-    summary.update(label_accuracy(model, plain, device))
+    summary.update(label_accuracy(model, plain, device, precision))
     chance = plain.labels.mean().item()
     log.info(
         "training-set accuracy: per label %.3f, exact match %.3f (all-negative guess: %.3f)",
@@ -162,6 +165,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float, default=1e-4, help="reference quirk: 1e-4")
     p.add_argument("--poly-power", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: CUDA autocast")
     p.add_argument("--workers", type=int, default=0)
 
 
@@ -185,6 +189,7 @@ def main(args: argparse.Namespace) -> None:
         momentum=args.momentum,
         poly_power=args.poly_power,
         seed=args.seed,
+        precision=args.precision,
         workers=args.workers,
     )
     log.info("train_cam done: %s", {k: round(v, 4) for k, v in summary.items()})

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from qaclims.atomic import atomic_path
 from qaclims.augment import normalize
-from qaclims.devices import autocast, pick_device
+from qaclims.devices import PRECISIONS, autocast, pick_device
 from qaclims.digest import code_digest
 from qaclims.errors import InputError
 from qaclims.images import read_label_map, read_rgb
@@ -44,7 +44,12 @@ def _loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str,
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, manifest: Path, split: str, names: list[str], device: torch.device
+    model: nn.Module,
+    manifest: Path,
+    split: str,
+    names: list[str],
+    device: torch.device,
+    precision: str = "fp32",
 ) -> dict[str, object]:
     """mIoU of whole-image predictions on every `split` image with a ground-truth mask."""
     rows = read_manifest(
@@ -60,7 +65,7 @@ def evaluate(
         rgb = read_rgb(row["path"])
         if gt.shape != rgb.shape[:2]:
             raise InputError(f"{row['mask_path']}: mask is {gt.shape}, image is {rgb.shape[:2]}")
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(normalize(rgb)[None].to(device))["out"]
         meter.add(logits[0].argmax(dim=0).cpu().numpy(), gt)
     return iou_report(meter, names, split=split, images=len(rows))
@@ -89,6 +94,7 @@ def run(
     poly_power: float,
     seed: int,
     workers: int = 0,
+    precision: str = "fp32",
 ) -> dict[str, object]:
     """Train DeepLabV3 on the pseudo masks of `train_split`; score it on `eval_split`.
 
@@ -122,8 +128,10 @@ def run(
         checkpoint_dir=checkpoint_dir,
         out_path=out,
         device=device,
+        precision=precision,
+        batch_key="seg.batch_size",
     )
-    report = evaluate(model, manifest, eval_split, names, device)
+    report = evaluate(model, manifest, eval_split, names, device, precision)
     report["training"] = {k: round(v, 6) for k, v in summary.items()}
     with atomic_path(out_json) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -152,6 +160,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--poly-power", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: CUDA autocast")
     p.add_argument("--workers", type=int, default=0)
 
 
@@ -163,5 +172,5 @@ def main(args: argparse.Namespace) -> None:
         weights=args.weights, crop_size=args.crop_size, scale_range=tuple(args.scale_range),
         batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
         weight_decay=args.weight_decay, momentum=args.momentum, poly_power=args.poly_power,
-        seed=args.seed, workers=args.workers,
+        seed=args.seed, workers=args.workers, precision=args.precision,
     )  # fmt: skip

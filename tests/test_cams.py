@@ -204,3 +204,33 @@ def test_not_a_cam_file(tmp_path):
 def _write_one(folder: Path) -> Path:
     write_cams(folder / "ok.npz", [("img_1", _record())], storage="float16")
     return folder / "ok.npz"
+
+
+def test_empty_shard_writes_an_empty_valid_cam_file(tmp_path, tiny_net, caplog):
+    """Shard 1 of 2 holds no train_aug image (ids a, d hash to shard 0): an empty file."""
+    rng = np.random.default_rng(5)
+    images = []
+    for image_id, labels in (("a", [0]), ("d", [])):
+        path = tmp_path / f"{image_id}.png"
+        Image.fromarray(rng.integers(0, 256, size=(21, 30, 3), dtype=np.uint8)).save(path)
+        images.append(
+            {"image_id": image_id, "split": "train_aug", "path": str(path), "height": 21,
+             "width": 30, "labels": labels}
+        )  # fmt: skip
+    manifest, classes = write_manifest(tmp_path, images, 3)
+    torch.save(tiny_net.state_dict(), tmp_path / "net.pt")
+    kw = dict(
+        manifest=manifest, classes=classes, model=tmp_path / "net.pt", split="train_aug",
+        shards=2, depth=18, scales=(1.0, 0.5), storage="float16", batch_images=2, workers=2,
+    )  # fmt: skip
+    out = tmp_path / "cams"
+    assert cams.run(out=out / "shard-0.npz", shard=0, **kw)["images"] == 2
+    assert cams.run(out=out / "shard-1.npz", shard=1, **kw)["images"] == 0
+    assert "shard 1 holds no 'train_aug' images" in caplog.text
+    with read_cams(out / "shard-1.npz") as store:
+        assert store.image_ids == [] and list(store) == []
+    with read_cams(out / "shard-0.npz") as store:
+        assert store["d"].high_res.shape == (0, 21, 30)  # no class: no maps
+    with pytest.raises(InputError, match=r"shard 2: shards run 0\.\.1 \(dataset\.shards = 2\)"):
+        cams.run(out=out / "shard-2.npz", shard=2, **kw)
+    assert not (out / "shard-2.npz").exists()

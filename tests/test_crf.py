@@ -102,3 +102,26 @@ def test_run_rejects_images_of_another_size(tmp_path):
             split="train_aug", fg_threshold=0.3, bg_threshold=0.1, params=PAPER,
         )  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_accepts_an_empty_shard_and_images_without_classes(tmp_path, workers, caplog):
+    image, cams = _scene()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    row = {"image_id": "a", "split": "train_aug", "path": str(tmp_path / "a.png"),
+           "height": 40, "width": 48, "labels": []}  # fmt: skip
+    manifest, _ = write_manifest(tmp_path, [row], 6)
+    write_cams(tmp_path / "shard-0.npz", [], storage="float16")
+    empty = crf.run(
+        manifest=manifest, cams=tmp_path / "shard-0.npz", out_dir=tmp_path / "ir" / "shard-0",
+        split="train_aug", fg_threshold=0.3, bg_threshold=0.1, params=PAPER, workers=workers,
+    )  # fmt: skip
+    assert empty["images"] == 0 and list((tmp_path / "ir" / "shard-0").iterdir()) == []
+    assert "holds no images" in caplog.text
+    no_class = CamRecord(np.array([], np.int64), np.zeros((0, 10, 12), np.float32), cams[:0])
+    write_cams(tmp_path / "shard-1.npz", [("a", no_class)], storage="float16")
+    crf.run(
+        manifest=manifest, cams=tmp_path / "shard-1.npz", out_dir=tmp_path / "ir" / "shard-1",
+        split="train_aug", fg_threshold=0.3, bg_threshold=0.1, params=PAPER, workers=workers,
+    )  # fmt: skip
+    assert not np.asarray(Image.open(tmp_path / "ir" / "shard-1" / "a.png")).any()

@@ -121,3 +121,27 @@ def test_run_rejects_eval_images_without_cams(tmp_path):
             out_vis=tmp_path / "vis",
         )  # fmt: skip
     assert not (tmp_path / "c.json").exists()
+
+
+def test_run_reads_an_empty_shard_and_images_without_classes(tmp_path):
+    """An empty CAM file among the shards and an eval image with no class are both scored."""
+    h, w = 6, 8
+    save_label_png(np.zeros((h, w), np.uint8), tmp_path / "gt.png")
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "a.png")
+    row = {"image_id": "a", "path": str(tmp_path / "a.png"), "height": h, "width": w,
+           "labels": [], "split": "train", "mask_path": str(tmp_path / "gt.png")}  # fmt: skip
+    manifest, classes = write_manifest(tmp_path, [row], 2)
+    empty = np.zeros((0, h, w), np.float32)
+    record = CamRecord(keys=np.array([], np.int64), strided=np.zeros((0, 2, 2), np.float32),
+                       high_res=empty)  # fmt: skip
+    write_cams(tmp_path / "shard-0.npz", [("a", record)], storage="uint8")
+    write_cams(tmp_path / "shard-1.npz", [], storage="uint8")
+    out = tmp_path / "eval"
+    summary = eval_cam.run(
+        manifest=manifest, classes=classes, cams=[tmp_path / "shard-0.npz",
+        tmp_path / "shard-1.npz"], split="train", bg_threshold=0.15, sweep_start=0.05,
+        sweep_stop=0.1, sweep_step=0.05, vis_images=1, out_json=out / "cam.json",
+        out_csv=out / "cam.csv", out_bars=out / "bars.png", out_vis=out / "vis",
+    )  # fmt: skip
+    assert summary["images"] == 1 and summary["miou"] == 1.0  # all background, rightly
+    assert [p.name for p in (out / "vis").iterdir()] == ["a.png"]

@@ -126,3 +126,19 @@ def test_dataset_identity_changes_when_an_image_is_added(tmp_path):
     assert fingerprint.dataset_identity("voc12", str(root), None) != before
     with pytest.raises(InputError, match="dataset root"):
         fingerprint.dataset_identity("voc12", str(tmp_path / "none"), None)
+
+
+def test_missing_relative_vqa_folder_is_a_missing_folder_not_a_download(tmp_path, monkeypatch):
+    """A name like local_models/vqa reads as a hub id; with local_models/ present it is a path."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local_models").mkdir()
+    with pytest.raises(
+        InputError, match=r"local_models/vqa: VQA model folder .* does not exist"
+    ) as err:
+        fingerprint.vqa_identity("local_models/vqa", DigestCache())
+    assert "hf download" not in str(err.value)
+    with pytest.raises(InputError, match=r"'elsewhere/vqa' is not in .* and there is no folder"):
+        fingerprint.vqa_identity("elsewhere/vqa", DigestCache())
+    _fake_hub_repo(tmp_path / "hub", "local_models/vqa", {"config.json": b"{}"}, "abc123")
+    assert fingerprint.vqa_identity("local_models/vqa", DigestCache())["hub"] == "local_models/vqa"

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_cams import write_manifest
 
 from qaclims import eval_cam, eval_masks
 from qaclims.cam_store import CamRecord, read_cams, write_cams
 from qaclims.images import save_label_png
+from tests.test_cams import write_manifest
 
 
 def chainercv_confusion(preds: list[np.ndarray], gts: list[np.ndarray]) -> np.ndarray:

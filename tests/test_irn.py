@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from qaclims import pseudo_masks, train_irn
+from qaclims.augment import normalize
 from qaclims.cam_store import CamRecord, write_cams
 from qaclims.errors import InputError
 from qaclims.images import read_label_map, save_label_png, voc_palette
@@ -99,10 +100,32 @@ def test_irn_resume_is_bit_identical(tmp_path, monkeypatch):
     b = torch.load(tmp_path / "b.pt", weights_only=True)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert a["mean_shift"].abs().sum() > 0  # the mean displacement was stored
+    # the stored mean displacement: the trained field averaged over the two top-left crops
+    want = _top_left_mean_displacement(a, [tmp_path / "img" / f"im{i}.png" for i in (0, 1)], 32)
+    torch.testing.assert_close(a["mean_shift"], want, rtol=1e-4, atol=1e-6)
+    assert a["mean_shift"].abs().sum() > 1e-4
     fresh = IRNet(depth=18)
     assert not torch.equal(fresh.edge_layers[5].weight, a["edge_layers.5.weight"])
     load_irn(tmp_path / "a.pt", depth=18)
+
+
+def _top_left_mean_displacement(
+    state: dict[str, torch.Tensor], images: list[Path], crop: int
+) -> torch.Tensor:
+    """IRNet's mean shift: per image, the mean of the raw field on its top-left crop (normalised
+    image padded with 0), then the mean over images (REFERENCE_AUDIT §3)."""
+    model = IRNet(depth=18)
+    model.load_state_dict(state)
+    model.mean_shift.zero_()  # the raw field, before any shift
+    model.eval()
+    means = []
+    for path in images:
+        x = torch.zeros(3, crop, crop)
+        image = normalize(np.asarray(Image.open(path).convert("RGB")))[:, :crop, :crop]
+        x[:, : image.shape[1], : image.shape[2]] = image
+        with torch.no_grad():
+            means.append(model(x[None])[1][0].mean(dim=(1, 2)))
+    return torch.stack(means).mean(dim=0)
 
 
 def test_new_ir_labels_never_resume_an_old_run(tmp_path):
@@ -169,3 +192,30 @@ def test_backbone_from_a_cam_net_file(tmp_path):
     torch.save({"classifier.weight": torch.zeros(3, 512, 1, 1)}, tmp_path / "other.pt")
     with pytest.raises(InputError, match=r"other\.pt"):
         IRNet(depth=18, weights=str(tmp_path / "other.pt"))
+
+
+def test_pseudo_masks_of_images_without_classes_and_of_an_empty_shard(tmp_path, caplog):
+    caplog.set_level("INFO")
+    manifest, _, _ = write_dataset(tmp_path, [(32, 48), (20, 28)], "train", 4)
+    torch.manual_seed(0)
+    torch.save(IRNet(depth=18).state_dict(), tmp_path / "irn.pt")
+    records = [
+        ("im0", CamRecord(np.array([1]), np.zeros((1, 8, 12), np.float32),
+                          np.zeros((1, 32, 48), np.float32))),
+        ("im1", CamRecord(np.array([], np.int64), np.zeros((0, 5, 7), np.float32),
+                          np.zeros((0, 20, 28), np.float32))),
+    ]  # fmt: skip
+    write_cams(tmp_path / "shard-0.npz", records, storage="float16")
+    write_cams(tmp_path / "shard-1.npz", [], storage="float16")
+    kw = dict(manifest=manifest, irn=tmp_path / "irn.pt", depth=18, radius=5, beta=10.0,
+              exp_times=3, bg_threshold=0.2)  # fmt: skip
+    summary = pseudo_masks.run(cams=tmp_path / "shard-0.npz", out_dir=tmp_path / "m0", **kw)
+    assert summary == {"images": 2.0, "foreground_fraction": 0.0}
+    assert not read_label_map(tmp_path / "m0" / "im1.png", 4).any()  # no class: background
+    assert read_label_map(tmp_path / "m0" / "im1.png", 4).shape == (20, 28)
+    assert "foreground_fraction': 0.0" in caplog.text
+    assert "every pixel of the images with classes" in caplog.text  # all background: warned
+    caplog.clear()
+    summary = pseudo_masks.run(cams=tmp_path / "shard-1.npz", out_dir=tmp_path / "m1", **kw)
+    assert summary["images"] == 0 and list((tmp_path / "m1").iterdir()) == []
+    assert "holds no images" in caplog.text

@@ -216,6 +216,14 @@ def test_demo_reads_as_voc_with_mask_labels(tmp_path):
 
 
 def test_shards_are_stable_when_images_are_added():
+    """shard = first 8 bytes of SHA-1(image_id), big-endian, mod shards: fixed literal values."""
+    # SHA-1 prefixes: img_0 f280b264868c90d3, img_1 ef298af023bc9e9a, 2007_000032
+    # 1ff378add3cf1a02, 2008_000002 5bbc17c9a6d874f1: mod 16 is the last hex digit.
+    assert [shard_of(i, 16) for i in ("img_0", "img_1", "2007_000032", "2008_000002")] == [
+        3, 10, 2, 1,
+    ]  # fmt: skip
+    assert shard_of("img_0", 7) == 17474162699021357267 % 7 == 1
+    assert shard_of("2008_000002", 3) == 6610184507928114417 % 3 == 0
     ids = [f"img_{i}" for i in range(500)]
     before = {i: shard_of(i, 16) for i in ids}
     more = ids + [f"new_{i}" for i in range(200)]
@@ -239,3 +247,80 @@ def test_shards_are_read_not_stored(tmp_path):
     ]
     assert sorted(i for part in parts for i in part) == rows and all(parts)
     assert all(shard_of(i, 3) == k for k, part in enumerate(parts) for i in part)
+
+
+@pytest.mark.parametrize("image_id", ["a", "c", "d"])  # train + train_aug, val, SBD train_aug
+def test_voc_mask_of_another_size_is_named(voc_root, tmp_path, image_id):
+    root, sbd = voc_root
+    folder = "SegmentationClassAug" if image_id == "d" else "SegmentationClass"
+    save_label_png(np.zeros((12, 15), np.uint8), root / folder / f"{image_id}.png")
+    size = "8x10" if image_id == "d" else "16x12"
+    pattern = (
+        rf"image {image_id}: mask .*{image_id}\.png is 15x12, image .*{image_id}\.jpg is {size}"
+    )
+    with pytest.raises(InputError, match=pattern):
+        manifest.run("voc12", root, tmp_path / "m.parquet", tmp_path / "c.parquet", sbd_root=sbd)
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def _coco_root(tmp_path: Path, anns: list[dict]) -> Path:
+    """train2014 {1, 2} (20×30) with `anns`, val2014 {7} without annotations."""
+    root = tmp_path / "coco"
+    images = [
+        {"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "height": 20, "width": 30}
+        for i in (1, 2)
+    ]
+    _coco_split(root, "train2014", images, anns)
+    _coco_split(root, "val2014", [{"id": 7, "file_name": "COCO_val2014_000000000007.jpg",
+                                   "height": 8, "width": 8}], [])  # fmt: skip
+    return root
+
+
+def _coco_ann(ann_id: int, image_id: int, category_id: int) -> dict:
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0,
+            "segmentation": [[2, 2, 12, 2, 12, 10, 2, 10]], "area": 80.0,
+            "bbox": [2, 2, 10, 8]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("ann", "problem"),
+    [
+        (_coco_ann(41, 5, 18), r"annotation 41 \(image id 5\): the image id is not in 'images'"),
+        (
+            _coco_ann(42, 2, 3),
+            r"annotation 42 \(image id 2\): category id 3 is not in 'categories'",
+        ),
+    ],
+)
+def test_coco_annotation_integrity_is_checked(tmp_path, ann, problem):
+    root = _coco_root(tmp_path, [_coco_ann(40, 1, 1), ann])
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=rf"instances_train2014\.json: {problem}"):
+        manifest.run("coco14", root, out / "m.parquet", out / "c.parquet", gt_dir=out / "gt")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_coco_truncated_image_is_named_by_parallel_verification(tmp_path):
+    root = _coco_root(tmp_path, [_coco_ann(40, 1, 1)])
+    rng = np.random.default_rng(0)
+    path = root / "train2014" / "COCO_train2014_000000000002.jpg"
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:-200])
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"COCO_train2014_000000000002\.jpg: unreadable image"):
+        manifest.run(
+            "coco14", root, out / "m.parquet", out / "c.parquet", gt_dir=out / "gt", workers=2
+        )
+    assert not out.exists() or not any(out.iterdir())
+    counts = manifest.run(
+        "coco14", root, out / "m.parquet", out / "c.parquet", gt_dir=out / "gt",
+        verify_images=False,
+    )  # fmt: skip
+    assert counts == {"train2014": 2, "val2014": 1}  # the header alone does not show it
+
+
+def test_coco14_config_verifies_images():
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parent.parent / "configs/coco14.yaml").read_text())
+    assert config["dataset"]["verify_images"] is True

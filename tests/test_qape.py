@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -136,9 +140,24 @@ def test_lemmatizer_keeps_nltk_contract() -> None:
     assert lemma("") == ""
 
 
-def test_wordnet_lemmatizer_needs_its_folder(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"nltk|WordNet folder"):
-        qape.make_lemmatizer("wordnet", tmp_path / "no-wordnet")
+def test_wordnet_lemmatizer_needs_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No nltk: the message names nltk. With nltk (or a stand-in): the folder by its path."""
+    missing = tmp_path / "no-wordnet"
+    if importlib.util.find_spec("nltk") is None:  # the venv as shipped: nltk is not a dependency
+        with pytest.raises(
+            InputError, match=r"qape\.lemmatizer 'wordnet' needs nltk, which is not"
+        ):
+            qape.make_lemmatizer("wordnet", missing)
+        reader = types.ModuleType("nltk.corpus.reader.wordnet")
+        reader.WordNetCorpusReader = object  # type: ignore[attr-defined]
+        for name in ("nltk", "nltk.corpus", "nltk.corpus.reader"):
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+        monkeypatch.setitem(sys.modules, reader.__name__, reader)
+    folder = rf"{re.escape(str(missing))}: WordNet folder \(qape\.wordnet_dir\) not found"
+    with pytest.raises(InputError, match=folder):
+        qape.make_lemmatizer("wordnet", missing)
 
 
 def test_missing_model_folder_names_it(tmp_path: Path) -> None:
@@ -308,3 +327,11 @@ def test_checkpoint_generation_settings_do_not_change_the_decoding(loaded) -> No
         assert blip.answer_ids(model, pixels, [ids], decoding) == plain
     finally:
         model.text_decoder.generation_config = type(config)()
+
+
+def test_missing_relative_model_folder_is_named_as_a_folder(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local_models").mkdir()
+    with pytest.raises(InputError, match=r"local_models/vqa: VQA model folder .* does not exist"):
+        blip.load_vqa("local_models/vqa", torch.device("cpu"))

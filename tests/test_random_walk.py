@@ -48,3 +48,10 @@ def test_constant_maps_stay_constant():
     cams = torch.full((2, 9, 13), 0.7)
     walked = propagate(cams / (1.0 - edge), edge, radius=4, beta=10.0, exp_times=6)
     torch.testing.assert_close(walked, torch.full_like(walked, 0.7))
+
+
+def test_no_class_walks_to_no_maps():
+    """An image without classes has a 0×H×W CAM stack: the walk returns it, not a crash."""
+    for method in ("dense", "sparse"):
+        out = propagate(torch.zeros(0, 6, 7), _edge(6, 7), radius=2, exp_times=2, method=method)
+        assert out.shape == (0, 6, 7)

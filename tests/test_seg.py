@@ -8,11 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from test_golden_eval import irnet_miou
 from test_irn import write_dataset  # tests/ is on sys.path under pytest's default import mode
 
 from qaclims import eval_masks, summary, train_seg
-from qaclims.images import save_label_png
+from qaclims.augment import normalize
+from qaclims.images import read_label_map, save_label_png
 from qaclims.models.seg_net import build_seg_net, load_seg_net
 
 
@@ -35,7 +38,28 @@ def test_train_seg_and_eval_write_valid_reports(tmp_path):
     assert list(stored["per_class_iou"]) == ["background", "class0", "class1"]
     assert stored["images"] == 3 and stored["training"]["steps"] == 2
     assert math.isfinite(stored["training"]["loss"])
-    load_seg_net(tmp_path / "seg.pt", 3, depth=18)
+    trained = load_seg_net(tmp_path / "seg.pt", 3, depth=18).eval()
+    torch.manual_seed(0)  # the run's initial weights: seed, then build
+    initial = build_seg_net(3, depth=18).eval()
+    images = [
+        (normalize(np.asarray(Image.open(tmp_path / "img" / f"im{i}.png")))[None],
+         torch.from_numpy(read_label_map(labels / f"im{i}.png", 2).astype(np.int64)))
+        for i in range(3)
+    ]  # fmt: skip
+
+    def cross_entropy(model: torch.nn.Module) -> float:
+        """Mean over the training images of the whole-image cross-entropy (255 ignored)."""
+        losses = [F.cross_entropy(model(x)["out"], gt[None], ignore_index=255) for x, gt in images]
+        return sum(loss.item() for loss in losses) / len(losses)
+
+    with torch.no_grad():
+        # the metric: IRNet's eval_sem_seg (chainercv confusion) of the saved model's argmax
+        preds = [trained(x)["out"][0].argmax(dim=0).numpy() for x, _ in images]
+        iou, miou = irnet_miou(preds, [gt.numpy() for _, gt in images], 3)
+        assert stored["miou"] == pytest.approx(miou, abs=1e-6)
+        assert list(stored["per_class_iou"].values()) == pytest.approx(list(iou), abs=1e-6)
+        # the training steps: two SGD steps lower the cross-entropy of the training images
+        assert cross_entropy(trained) < cross_entropy(initial) - 0.05
 
     # the label maps scored as pseudo masks against themselves: a perfect score
     masks = eval_masks.run(
@@ -68,3 +92,23 @@ def test_eval_masks_counts_ignore_predictions_as_background(tmp_path):
         manifest=manifest, classes=classes, masks=[out], split="train", out_json=tmp_path / "m.json"
     )
     assert report["miou"] == pytest.approx(1.0)
+
+
+def test_mask_stages_read_an_empty_shard_and_masks_of_images_without_classes(tmp_path):
+    from qaclims.labelled import LabelledImages
+
+    manifest, classes, labels = write_dataset(tmp_path, [(20, 24), (18, 22)], "train", 2)
+    masks = tmp_path / "pseudo_masks"
+    (masks / "shard-0").mkdir(parents=True)
+    (masks / "shard-1").mkdir()  # an empty shard
+    for image_id in ("im0", "im1"):  # all background, as for an image without classes
+        shape = np.asarray(Image.open(labels / f"{image_id}.png")).shape
+        save_label_png(np.zeros(shape, np.uint8), masks / "shard-0" / f"{image_id}.png")
+    folders = [masks / "shard-0", masks / "shard-1"]
+    report = eval_masks.run(
+        manifest=manifest, classes=classes, masks=folders, split="train",
+        out_json=tmp_path / "m.json", out_samples=tmp_path / "samples", samples=4,
+    )  # fmt: skip
+    assert report["images"] == 2 and report["per_class_iou"]["class0"] == 0.0
+    data = LabelledImages(manifest, "train", folders, 2, crop_size=16, scale_range=None, flip=False)
+    assert len(data) == 2 and not data[1]["label"].any()

@@ -108,3 +108,30 @@ def test_stage_learns_the_labels_and_feeds_ritc(tmp_path):
     assert summary["steps"] == 18
     assert summary["label_accuracy"] > 0.75  # labels are 2/3 positive: guessing gives <= 0.67
     load_cam_net(tmp_path / "cam.pt", 2, depth=18, fixed_bn=False)  # RITC's strict load
+
+
+def test_images_without_labels_are_left_out_of_training(tmp_path, caplog):
+    """No all-negative samples: the dataset drops images without labels and says how many."""
+    caplog.set_level("INFO")
+    manifest, _ = _dataset(tmp_path, n=6, labels_of=lambda i: [] if i % 3 == 0 else [1])
+    data = augment.ManifestImages(manifest, "train_aug", 2, crop_size=32, resize_range=(32, 40))
+    assert data.image_ids == ["im1", "im2", "im4", "im5"] and len(data) == 4
+    assert (data.labels.sum(dim=1) > 0).all()
+    assert "2 of 6 'train_aug' images have no labels and are left out" in caplog.text
+    unlabelled, _ = _dataset(tmp_path, n=2, labels_of=lambda i: [])
+    with pytest.raises(InputError, match="no image of split 'train_aug' has a label"):
+        augment.ManifestImages(unlabelled, "train_aug", 2, crop_size=32)
+
+
+def test_fewer_images_than_a_batch_names_the_config_key(tmp_path):
+    manifest, classes = _dataset(tmp_path, n=6, labels_of=lambda i: [] if i % 3 == 0 else [1])
+    with pytest.raises(
+        InputError, match=r"4 training images .* lower cam\.batch_size to at most 4"
+    ):
+        train_cam.run(
+            manifest=manifest, classes=classes, out=tmp_path / "cam.pt",
+            checkpoint_dir=tmp_path / "ck", split="train_aug", depth=18, weights=None,
+            crop_size=32, resize_range=(32, 40), batch_size=8, epochs=1, lr=0.05,
+            classifier_lr=0.05, weight_decay=1e-4, momentum=1e-4, poly_power=0.9, seed=0,
+        )  # fmt: skip
+    assert not (tmp_path / "cam.pt").exists()

@@ -190,3 +190,12 @@ def test_run_key_sees_label_folders_by_content_not_layout(tmp_path):
     assert trainer.run_key(labels=two) == trainer.run_key(labels=other_layout)
     (tmp_path / "b/shard-1/z.png").write_bytes(b"changed")
     assert trainer.run_key(labels=two) != trainer.run_key(labels=other_layout)
+
+
+def test_fewer_images_than_one_batch_says_which_key_to_lower(tmp_path):
+    with pytest.raises(
+        InputError, match=r"12 training .* \(16\): lower irn\.batch_size to at most 12"
+    ):
+        _train(tmp_path, _model(), batch_size=16, batch_key="irn.batch_size")
+    with pytest.raises(InputError, match=r"lower the batch size to at most 12"):
+        _train(tmp_path, _model(), batch_size=16)

@@ -85,12 +85,18 @@ def read(
 
     def describe(item: tuple[str, bool]) -> dict:
         image_id, prefer_aug = item
-        height, width = image_size(root / "JPEGImages" / f"{image_id}.jpg", verify=verify_images)
+        image = root / "JPEGImages" / f"{image_id}.jpg"
+        height, width = image_size(image, verify=verify_images)
         mask = _mask_path(root, image_id, prefer_aug)
         mask_labels = None
         if mask is not None:
-            values = np.unique(read_label_map(mask, len(names)))
-            mask_labels = [int(v) - 1 for v in values if 0 < v < 255]
+            label_map = read_label_map(mask, len(names))
+            if label_map.shape != (height, width):
+                raise InputError(
+                    f"image {image_id}: mask {mask} is {label_map.shape[1]}x{label_map.shape[0]}, "
+                    f"image {image} is {width}x{height} (width x height)"
+                )
+            mask_labels = [int(v) - 1 for v in np.unique(label_map) if 0 < v < 255]
         if use_xml:
             labels, source = _xml_labels(xml_dir / f"{image_id}.xml", index), "xml"
         elif mask_labels is not None:
@@ -99,7 +105,7 @@ def read(
             raise InputError(f"{root}: image {image_id} has neither an annotation nor a mask")
         return {
             "image_id": image_id,
-            "path": str(root / "JPEGImages" / f"{image_id}.jpg"),
+            "path": str(image),
             "height": height,
             "width": width,
             "labels": labels,

@@ -39,6 +39,7 @@ from transformers import (
     GenerationConfig,
 )
 
+from qaclims import fingerprint
 from qaclims.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,13 @@ def load_vqa(name: str, device: torch.device) -> tuple[BlipForQuestionAnswering,
         processor = BlipProcessor.from_pretrained(source)
         model = BlipForQuestionAnswering.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError) as err:
-        where = (
-            f"{path}: cannot load the VQA model folder"
-            if local
-            else f"VQA model '{name}' is not in the local Hugging Face cache "
-            f"(offline mode; fetch it once with `hf download {name}` where there is a network)"
-        )
-        raise InputError(f"{where} ({err})") from err
+        if local:
+            raise InputError(f"{path}: cannot load the VQA model folder ({err})") from err
+        if not (fingerprint.hf_hub_cache() / f"models--{name.replace('/', '--')}").is_dir():
+            raise fingerprint.missing_vqa(name) from err  # a missing folder or an uncached id
+        raise InputError(
+            f"VQA model '{name}': cannot load it from the local cache ({err})"
+        ) from err
     model.to(device).eval()
     fix_cross_attention_mask(model)
     return model, processor
