@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "eval_masks": "qaclims.eval_masks",
     "train_seg": "qaclims.train_seg",
     "summary": "qaclims.summary",
+    "convert": "qaclims.convert",
 }
 
 log = logging.getLogger("qaclims")

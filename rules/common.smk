@@ -137,7 +137,7 @@ def final_targets():
     seg = ["models/seg.pt", "eval/seg.json"] if config["seg"]["enabled"] else []
     whole = [
         "text/features.parquet",
-        "models/cam_baseline.pt",
+        *([] if config["cam"]["released"] else ["models/cam_baseline.pt"]),
         "models/ritc.pt",
         "models/irn.pt",
         *seg,

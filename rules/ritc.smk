@@ -30,7 +30,7 @@ rule train_cam:
             "qaclims.train_cam",
             {
                 "split": DATASET["train_split"],
-                **section("cam", ("workers", "weights")),
+                **section("cam", ("workers", "weights", "released")),
             },
             sources={"weights": CAM_WEIGHTS},
             speed={
@@ -43,6 +43,16 @@ rule train_cam:
         "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
         " {params.launch} train_cam --manifest {input.manifest}"
         " --classes {input.classes} --out {output} {params.flags} > {log} 2>&1"
+
+
+# RITC starts from the baseline trained here, or from a released one (cam.released).
+BASELINE = source(
+    "cam.released",
+    config["cam"]["released"] or f"{RESULTS}/models/cam_baseline.pt",
+    lambda path: fingerprint.file_identity(
+        path, "released CAM network (cam.released)", DIGESTS
+    ),
+)
 
 
 OVSEG = source(
@@ -58,7 +68,7 @@ rule ritc:
     input:
         manifest=f"{RESULTS}/manifest.parquet",
         classes=f"{RESULTS}/classes.parquet",
-        baseline=f"{RESULTS}/models/cam_baseline.pt",
+        baseline=BASELINE.inputs,
         fg=f"{RESULTS}/corpus/fg.parquet",
         bg=f"{RESULTS}/corpus/bg.parquet",
         features=f"{RESULTS}/text/features.parquet",
@@ -86,6 +96,7 @@ rule ritc:
                 "clip_pretrained": CLIP_WEIGHTS,
                 "clip_config": CLIP_CONFIG,
                 "ovseg": OVSEG,
+                "baseline": BASELINE,
             },
             speed={
                 "workers": config["ritc"]["workers"],
@@ -96,5 +107,5 @@ rule ritc:
     shell:
         "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
         " {params.launch} ritc --manifest {input.manifest} --classes {input.classes}"
-        " --baseline {input.baseline} --corpus-fg {input.fg} --corpus-bg {input.bg}"
+        " --corpus-fg {input.fg} --corpus-bg {input.bg}"
         " --features {input.features} --out {output} {params.flags} > {log} 2>&1"
