@@ -36,7 +36,7 @@ def model_caches(work: Path) -> dict[str, str]:
 
 def paper_config(work: Path, kind: str) -> Path:
     """configs/<kind>.yaml with its dataset and OV-Seg paths under `work` (all of COCO)."""
-    ovseg = work / "ovseg_swinbase_vitL14_ft_mpt.pth"
+    ovseg = work / "ovseg_vitL14_mpt.safetensors"
     ovseg.write_bytes(b"stand-in")
     text = (ROOT / "configs" / f"{kind}.yaml").read_text()
     if kind == "voc12":
@@ -52,7 +52,7 @@ def paper_config(work: Path, kind: str) -> Path:
             (root / sub).mkdir(parents=True, exist_ok=True)
         text = text.replace("root: data/coco2014", f"root: {root}")
         text = text.replace("max_images: 10000", "max_images: null")
-    text = text.replace("data/models/ovseg_swinbase_vitL14_ft_mpt.pth", str(ovseg))
+    text = text.replace("data/models/ovseg_vitL14_mpt.safetensors", str(ovseg))
     path = work / f"{kind}.yaml"
     path.write_text(text)
     return path

@@ -75,7 +75,7 @@ def test_frozen_but_differentiable_to_the_input(tiny_clip_files):
 def test_ovseg_entries_and_mask_prompts_are_loaded(tiny_clip_files, tmp_path):
     reference = _tower(tiny_clip_files)
     state = {f"{OVSEG_PREFIX}visual.{k}": v + 1 for k, v in reference.visual.state_dict().items()}
-    state[f"{OVSEG_PREFIX}visual.mask_embedding"] = torch.full((3, 16, 64), 0.5)
+    state[f"{OVSEG_PREFIX}visual.mask_embedding"] = torch.full((2, 16, 64), 0.5)
     state["sem_seg_head.weight"] = torch.zeros(1)
     torch.save({"model": state}, tmp_path / "ovseg.pth")
     tower = _tower(tiny_clip_files, depth=2, ovseg=tmp_path / "ovseg.pth")

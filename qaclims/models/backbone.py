@@ -11,6 +11,7 @@ file loaded with `weights_only=True`.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -37,6 +38,35 @@ class FixedBatchNorm(nn.BatchNorm2d):
         )
 
 
+# IRNet/CLIMS `net/resnet50_cam.py` keeps its ResNet under `self.resnet50`.
+RELEASED_CAM_PREFIX = "resnet50."
+
+
+def load_state_file(path: Path, what: str, *, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """A weights-only torch state dict; a file that needs converting first says how.
+
+    Two cases do: a pickled training dict (weights-only loading refuses it) and the
+    released IRNet/CLIMS `res50_cam.pth`, whose layout (`resnet50.*` plus `stage*` views of
+    the same tensors) is not ours.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise InputError(
+            f"{path}: {what} is not a weights-only torch state dict ({str(err).splitlines()[0]}); "
+            f"a released checkpoint is converted once by `python -m qaclims convert cam {path} "
+            "OUT.pt --trust-pickle` (trusted files only; see `python -m qaclims convert --help`)"
+        ) from err
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: {what} holds a {type(state).__name__}, not a state dict")
+    if any(k.startswith(RELEASED_CAM_PREFIX) for k in state):
+        raise InputError(
+            f"{path}: a released IRNet/CLIMS CAM file (keys resnet50.*, stage1..4.*), not a "
+            f"{what}; convert it once: python -m qaclims convert cam {path} OUT.pt"
+        )
+    return state
+
+
 def _state_dict(weights: str, depth: int) -> dict[str, torch.Tensor]:
     path = Path(weights)
     if path.suffix in (".pth", ".pt", ".bin", ".safetensors") or os.sep in weights:
@@ -46,7 +76,7 @@ def _state_dict(weights: str, depth: int) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_state_file(path, "backbone weights file")
     try:
         enum = WEIGHT_ENUMS[depth][weights]
     except KeyError as err:

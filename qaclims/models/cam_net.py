@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from qaclims.errors import InputError
-from qaclims.models.backbone import build_resnet
+from qaclims.models.backbone import build_resnet, load_state_file
 
 
 class CAMNet(nn.Module):
@@ -60,11 +60,14 @@ class CAMNet(nn.Module):
 def load_cam_net(
     path: Path, num_classes: int, *, depth: int, fixed_bn: bool, map_location: str = "cpu"
 ) -> CAMNet:
-    """A CAMNet with weights from a state-dict file (strict; weights_only)."""
+    """A CAMNet with weights from a state-dict file (strict; weights_only).
+
+    The released IRNet/CLIMS `res50_cam.pth` is refused with the command that converts it.
+    """
     if not Path(path).is_file():
         raise InputError(f"{path}: CAM network weights not found")
+    state = load_state_file(Path(path), "CAM network file", map_location=map_location)
     model = CAMNet(num_classes, depth=depth, weights=None, fixed_bn=fixed_bn)
-    state = torch.load(path, map_location=map_location, weights_only=True)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

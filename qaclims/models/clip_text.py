@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,17 @@ def _looks_like_file(pretrained: str) -> bool:
     return os.sep in pretrained or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
 
 
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (what OpenAI's `clip` package downloads), not a tensor file.
+
+    Both are zip files; only TorchScript stores its code constants in `constants.pkl`.
+    """
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
 def register_config(config_json: Path, architecture: str) -> None:
     """Make a custom architecture known to open_clip (the name is the file's stem)."""
     if not config_json.is_file():
@@ -69,7 +81,8 @@ def load_clip(
     """The open_clip model (eval, fp32, on `device`) and its tokenizer.
 
     `pretrained` is an open_clip tag (e.g. "openai", from the local cache) or a weights
-    file (.safetensors or a torch state dict, loaded weights-only).
+    file (.safetensors or a torch state dict, loaded weights-only). OpenAI's own TorchScript
+    `ViT-L-14.pt` is refused with the command that converts it.
     """
     if config_json is not None:
         register_config(config_json, architecture)
@@ -81,6 +94,12 @@ def load_clip(
     if _looks_like_file(pretrained):
         if not Path(pretrained).is_file():
             raise InputError(f"{pretrained}: CLIP weights file not found")
+        if is_torchscript(Path(pretrained)):
+            raise InputError(
+                f"{pretrained}: a TorchScript archive (OpenAI's CLIP download), which a "
+                "weights-only load cannot read; convert it once: python -m qaclims "
+                f"convert openai-clip {pretrained} OUT.safetensors --architecture {architecture}"
+            )
     elif pretrained not in open_clip.list_pretrained_tags_by_model(architecture):
         tags = open_clip.list_pretrained_tags_by_model(architecture)
         raise InputError(f"'{pretrained}' is not a pretrained tag of {architecture} ({tags})")

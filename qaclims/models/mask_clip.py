@@ -19,6 +19,8 @@ import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -88,20 +90,69 @@ class MaskCLIPImage(nn.Module):
         return pooled @ v.proj if v.proj is not None else pooled
 
 
-def load_ovseg(tower: MaskCLIPImage, path: Path) -> None:
-    """Image-tower entries and mask prompts of an OV-Seg checkpoint; every tower key must match."""
-    if not Path(path).is_file():
-        raise InputError(f"{path}: OV-Seg checkpoint (models.ovseg) not found")
+def visual_entries(state: dict, prefix: str) -> dict:
+    """The `<prefix>visual.*` entries of `state`, named `visual.*`."""
+    start = f"{prefix}visual."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(start)}
+
+
+def _read_ovseg(path: Path) -> dict[str, Tensor]:
+    """`visual.*` tensors of a converted .safetensors file or an original weights-only .pth."""
+    if path.suffix == ".safetensors":
+        try:
+            return visual_entries(load_file(path), "")
+        except SafetensorError as err:
+            raise InputError(f"{path}: not a safetensors file ({err})") from err
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        raise InputError(f"{path}: not a weights-only torch checkpoint ({err})") from err
-    state = state.get("model", state)
-    entries = {k[len(OVSEG_PREFIX) :]: v for k, v in state.items() if k.startswith(OVSEG_PREFIX)}
-    visual = {k[len("visual.") :]: v for k, v in entries.items() if k.startswith("visual.")}
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise InputError(
+            f"{path}: not a weights-only torch checkpoint ({str(err).splitlines()[0]}); OV-Seg's "
+            "detectron2 checkpoint is converted once: python -m qaclims convert ovseg "
+            f"{path} OUT.safetensors --trust-pickle (then give OUT.safetensors as models.ovseg)"
+        ) from err
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: holds a {type(state).__name__}, not an OV-Seg checkpoint")
+    return visual_entries(state.get("model", state), OVSEG_PREFIX)
+
+
+def _load_prompts(tower: MaskCLIPImage, prompts: Tensor | None, path: Path) -> None:
+    """Copy the file's mask prompts; their depth must be the configured one.
+
+    The reference builds its tower with depth 3 and loads OV-Seg's prompts into it, so a
+    file of another depth raises there too; truncating or zero-filling would run a tower
+    that OV-Seg never trained. A plain tower (depth 0) has no use for prompts.
+    """
+    depth = tower.mask_embedding.shape[0]
+    if depth == 0:
+        return
+    if prompts is not None and prompts.shape[1:] != tower.mask_embedding.shape[1:]:
+        raise InputError(f"{path}: mask prompts {tuple(prompts.shape)} do not fit the tower")
+    file_depth = 0 if prompts is None else prompts.shape[0]
+    if file_depth != depth:
+        raise InputError(
+            f"{path}: its mask prompts ({MASK_EMBEDDING_KEY}) have depth {file_depth}, "
+            f"the configured mask_prompt_depth (ritc.mask_prompt_depth) is {depth}"
+        )
+    tower.mask_embedding.data.copy_(prompts)
+
+
+def load_ovseg(tower: MaskCLIPImage, path: Path) -> None:
+    """Image-tower entries and mask prompts of an OV-Seg file; every tower key must match.
+
+    `path` is the converted `.safetensors` (`python -m qaclims convert ovseg`) or an
+    original checkpoint that loads weights-only (OV-Seg's own needs converting).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: OV-Seg checkpoint (models.ovseg) not found")
+    visual = {k[len("visual.") :]: v for k, v in _read_ovseg(path).items()}
     prompts = visual.pop("mask_embedding", None)
     if not visual:
-        raise InputError(f"{path}: no '{OVSEG_PREFIX}visual.*' entries: not an OV-Seg checkpoint")
+        raise InputError(
+            f"{path}: no image-tower entries ('{OVSEG_PREFIX}visual.*' in OV-Seg's .pth, "
+            "'visual.*' in a converted file): not an OV-Seg checkpoint"
+        )
     try:
         missing, unexpected = tower.visual.load_state_dict(visual, strict=False)
     except RuntimeError as err:  # a shape mismatch, e.g. a ViT-B OV-Seg over a ViT-L tower
@@ -114,16 +165,12 @@ def load_ovseg(tower: MaskCLIPImage, path: Path) -> None:
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             f" ({len(missing)} missing, {len(unexpected)} unexpected in all)"
         )
-    if prompts is not None:
-        if prompts.shape[1:] != tower.mask_embedding.shape[1:]:
-            raise InputError(f"{path}: mask prompts {tuple(prompts.shape)} do not fit the tower")
-        depth = min(prompts.shape[0], tower.mask_embedding.shape[0])
-        tower.mask_embedding.data[:depth] = prompts[:depth]
+    _load_prompts(tower, prompts, path)
     log.info(
         "OV-Seg %s: %d image-tower tensors loaded, mask prompts %s",
         path,
         len(visual),
-        None if prompts is None else tuple(prompts.shape),
+        tuple(tower.mask_embedding.shape),
     )
 
 

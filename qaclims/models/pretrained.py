@@ -15,16 +15,20 @@ import torch
 from torchvision.models.resnet import ResNet
 
 from qaclims.errors import InputError
-from qaclims.models.backbone import build_resnet
+from qaclims.models.backbone import build_resnet, load_state_file
 
 PREFIX = "backbone."
 
 
 def _cam_net_backbone(path: Path) -> dict[str, torch.Tensor] | None:
-    """The backbone entries of a CAMNet state-dict file, or None for any other file."""
+    """The backbone entries of a CAMNet state-dict file, or None for any other file.
+
+    A released IRNet/CLIMS CAM file also has `backbone.*` keys (an nn.ModuleList over its
+    stages), so `load_state_file` refuses it first, with the command that converts it.
+    """
     if path.suffix not in (".pt", ".pth") or not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state_file(path, "pretrained network file")
     if not any(k.startswith(PREFIX) for k in state):
         return None
     return {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
