@@ -79,6 +79,7 @@ def answer(
         texts,
         enc_token=answering.enc_token,
         max_tokens=answering.max_question_tokens,
+        text_config=vqa.config.text_config,
     )
     ids_of = dict(zip(texts, token_ids, strict=True))
     image_processor = processor.image_processor

@@ -72,9 +72,9 @@ def _run_shard(data: dict[str, Path], model: Path, out: Path, **kw) -> dict:
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_batched_answers_equal_separate_generate_calls(loaded, num_beams: int) -> None:
-    model, processor = loaded
+    model = loaded[0]
     questions = [q.format("ring") for q in FG + BG] + ["what is it?"]  # 6 lengths
-    ids = blip.question_ids(processor.tokenizer, questions, enc_token=True, max_tokens=35)
+    ids = _question_ids(loaded, questions)
     assert len({len(q) for q in ids}) > 2  # the batch really is padded
     pixels = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     per_image = [ids, ids[3:5]]
@@ -102,8 +102,8 @@ def test_batched_answers_equal_separate_generate_calls(loaded, num_beams: int) -
 
 def test_cross_attention_mask_fix_hides_question_padding(loaded) -> None:
     """Decoder logits of a padded question equal those of the unpadded one."""
-    model, processor = loaded
-    ids = blip.question_ids(processor.tokenizer, ["what is it?"], enc_token=True, max_tokens=35)[0]
+    model = loaded[0]
+    ids = _question_ids(loaded, ["what is it?"])[0]
     embeds = torch.randn(1, len(ids) + 4, model.config.text_config.hidden_size)
     bos = torch.tensor([[model.decoder_start_token_id]])
     mask = torch.ones(1, len(ids) + 4, dtype=torch.long)
@@ -120,15 +120,112 @@ def test_cross_attention_mask_fix_hides_question_padding(loaded) -> None:
     torch.testing.assert_close(short, padded)
 
 
+def _question_ids(loaded, questions: list[str], *, enc_token: bool = True) -> list[list[int]]:
+    model, processor = loaded
+    return blip.question_ids(
+        processor.tokenizer,
+        questions,
+        enc_token=enc_token,
+        max_tokens=35,
+        text_config=model.config.text_config,
+    )
+
+
 def test_question_ids_start_with_enc_only_when_asked(loaded) -> None:
     tokenizer = loaded[1].tokenizer
-    with_enc = blip.question_ids(tokenizer, ["what is it?"], enc_token=True, max_tokens=35)
-    plain = blip.question_ids(tokenizer, ["what is it?"], enc_token=False, max_tokens=35)
+    with_enc = _question_ids(loaded, ["what is it?"])
+    plain = _question_ids(loaded, ["what is it?"], enc_token=False)
     assert with_enc[0][0] == tokenizer.convert_tokens_to_ids(blip.ENC_TOKEN)
+    assert with_enc[0][0] == loaded[0].config.text_config.bos_token_id + 1
     assert plain[0][0] == tokenizer.cls_token_id
     assert with_enc[0][1:] == plain[0][1:]
-    long = blip.question_ids(tokenizer, ["what " * 50], enc_token=True, max_tokens=35)
+    long = _question_ids(loaded, ["what " * 50])
     assert len(long[0]) == 35
+
+
+@pytest.fixture(scope="module")
+def hub_layout_vqa(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hub port's layout: a plain BERT tokenizer (no [DEC]/[ENC]), the model 2 rows more.
+
+    The tiny model keeps BLIP's vocabulary ([DEC] = bos and [ENC] as its last two rows);
+    its tokenizer is replaced by the same words without the two tokens.
+    """
+    folder = tmp_path_factory.mktemp("models") / "blip-vqa-hub-layout"
+    words = demo_models.vocabulary(FG + BG)
+    blip.tiny_vqa(folder, words, seed=0)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join([*blip.SPECIAL_WORDS, *words]) + "\n")
+    blip.BertTokenizer(vocab=str(vocab), model_max_length=512).save_pretrained(folder)
+    vocab.unlink()
+    return folder
+
+
+def test_hub_tokenizer_gets_enc_after_bos_in_the_qape_path(
+    shard_data, hub_layout_vqa: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without [ENC] in the tokenizer the question encoder still receives [ENC] = bos + 1 first."""
+    seen: list[torch.Tensor] = []
+    layout: dict[str, int] = {}
+    load = blip.load_vqa
+
+    def load_with_hook(name: str, device: torch.device):
+        model, processor = load(name, device)
+        layout.update(tokens=len(processor.tokenizer), bos=model.config.text_config.bos_token_id)
+        layout.update(rows=model.config.text_config.vocab_size)
+        model.text_encoder.embeddings.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True
+        )
+        return model, processor
+
+    monkeypatch.setattr(blip, "load_vqa", load_with_hook)
+    summary = _run_shard(shard_data, hub_layout_vqa, tmp_path / "out", max_length=3)
+    assert summary["answered"] > 0 and seen
+    assert layout["rows"] == layout["tokens"] + 2 and layout["bos"] == layout["tokens"]
+    assert {int(i) for ids in seen for i in ids[:, 0]} == {layout["bos"] + 1}
+
+
+def test_enc_that_cannot_be_placed_is_refused(hub_layout_vqa: Path) -> None:
+    model, processor = blip.load_vqa(str(hub_layout_vqa), torch.device("cpu"))
+    tokens = len(processor.tokenizer)
+    text = model.config.text_config.to_dict()
+    for change in ({"bos_token_id": tokens - 1}, {"vocab_size": tokens + 3}):
+        config = blip.BlipTextConfig(**{**text, **change})
+        with pytest.raises(InputError, match=rf"{tokens} tokens \(\[ENC\] = None\), the model"):
+            blip.question_ids(
+                processor.tokenizer, ["what?"], enc_token=True, max_tokens=35, text_config=config
+            )
+    config = blip.BlipTextConfig(**{**text, "bos_token_id": tokens - 1})
+    plain = blip.question_ids(
+        processor.tokenizer, ["what?"], enc_token=False, max_tokens=35, text_config=config
+    )
+    assert plain[0][0] == processor.tokenizer.cls_token_id
+
+
+# transformers 4.15 `PreTrainedTokenizerBase.clean_up_tokenization`, which BLIP's decode ran
+CLEAN_UP_4_15 = (
+    (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+    (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+)  # fmt: skip
+
+
+def test_decode_cleans_up_spaces_as_blip_did() -> None:
+    """BLIP ran transformers 4.15, which cleaned up tokenization spaces by default; v5 does not."""
+    tokenizer = blip.word_tokenizer(
+        ["man", "s", "dog", "don", "t", "i", "m", "a", "b", "##s", *"'.?,!"]
+    )
+    texts = ["man's dog ?", "don't", "i'm a , b !", "a ' b", "dogs '"]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert tokenizer.batch_decode(ids[:1]) == ["man ' s dog?"]  # v5 unasked
+    expected = []
+    for row in ids:
+        text = " ".join(tokenizer.convert_ids_to_tokens(row)).replace(" ##", "")
+        for before, after in CLEAN_UP_4_15:
+            text = text.replace(before, after)
+        expected.append(text)
+    assert expected[0] == "man's dog?"
+    assert blip.decode(tokenizer, ids) == expected
+    framed = [tokenizer.bos_token_id, *ids[0], tokenizer.sep_token_id, tokenizer.pad_token_id]
+    assert blip.decode(tokenizer, [framed]) == ["man's dog?"]
 
 
 def test_lemmatizer_keeps_nltk_contract() -> None:
@@ -311,9 +408,9 @@ def test_cpu_device_runs_full_precision() -> None:
 
 def test_checkpoint_generation_settings_do_not_change_the_decoding(loaded) -> None:
     """BLIP's decoding is the paper's (beam 3, length 10, no penalties), whatever the checkpoint."""
-    model, processor = loaded
+    model = loaded[0]
     questions = [q.format("ring") for q in FG + BG]
-    ids = blip.question_ids(processor.tokenizer, questions, enc_token=True, max_tokens=35)
+    ids = _question_ids(loaded, questions)
     pixels = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     decoding = blip.Decoding(num_beams=3, max_length=10, min_length=1)
     plain = blip.answer_ids(model, pixels, [ids], decoding)

@@ -133,22 +133,48 @@ def fix_cross_attention_mask(model: BlipForQuestionAnswering) -> None:
         attention.forward = types.MethodType(_cross_attention_forward, attention)
 
 
-def question_ids(
-    tokenizer, questions: list[str], *, enc_token: bool, max_tokens: int
-) -> list[list[int]]:
-    """Token ids of each question, `[CLS] q [SEP]`, first token [ENC] when asked and present.
+def enc_token_id(tokenizer, text_config: BlipTextConfig) -> int:
+    """BLIP's [ENC] id for this model: the tokenizer's, else bos + 1 in BLIP's vocabulary layout.
 
-    The original BLIP encodes questions with [ENC] first; the HF port keeps [CLS]. A
-    tokenizer without [ENC] (e.g. a plain BERT one) keeps [CLS] and says so once.
+    BLIP's tokenizer is bert-base-uncased plus [DEC] (the decoder's bos, 30522) and then
+    [ENC] (30523). The hub tokenizer of Salesforce/blip-vqa-capfilt-large lacks both while its
+    model keeps BLIP's 30524 rows with bos 30522, so [ENC] is the row after bos. Either way
+    [ENC] must be bos + 1 inside the vocabulary, or the question would start with a token the
+    model never saw there.
     """
-    ids = tokenizer(questions, truncation=True, max_length=max_tokens)["input_ids"]
-    if enc_token:
-        enc_id = tokenizer.convert_tokens_to_ids(ENC_TOKEN)
-        if enc_id is None or enc_id == tokenizer.unk_token_id:
-            log.warning("tokenizer has no %s token: questions keep [CLS] first", ENC_TOKEN)
-        else:
-            ids = [[enc_id, *q[1:]] for q in ids]
-    return [list(q) for q in ids]
+    bos, rows, size = text_config.bos_token_id, text_config.vocab_size, len(tokenizer)
+    enc = tokenizer.convert_tokens_to_ids(ENC_TOKEN)
+    if enc is None or enc == tokenizer.unk_token_id:
+        enc = bos + 1 if bos is not None and (rows, bos) == (size + 2, size) else None
+    if enc is None or bos is None or enc != bos + 1 or enc >= rows:
+        raise InputError(
+            f"cannot place {ENC_TOKEN} first in the questions: the tokenizer has {size} tokens "
+            f"({ENC_TOKEN} = {enc}), the model {rows} rows with {DEC_TOKEN} (bos) = {bos}; "
+            f"BLIP's layout is {ENC_TOKEN} = bos + 1 < rows, from the tokenizer or, when it "
+            "lacks both, rows = tokens + 2 and bos = tokens (or set qape.enc_token: false)"
+        )
+    return enc
+
+
+def question_ids(
+    tokenizer,
+    questions: list[str],
+    *,
+    enc_token: bool,
+    max_tokens: int,
+    text_config: BlipTextConfig,
+) -> list[list[int]]:
+    """Token ids of each question, `[CLS] q [SEP]`, the first replaced by [ENC] when asked.
+
+    The original BLIP encodes questions with [ENC] first (`enc_token_id`); the HF port keeps
+    [CLS]. [ENC] that cannot be placed is an error, not a silent [CLS].
+    """
+    encoded = tokenizer(questions, truncation=True, max_length=max_tokens)["input_ids"]
+    ids = [list(q) for q in encoded]
+    if not enc_token:
+        return ids
+    enc_id = enc_token_id(tokenizer, text_config)
+    return [[enc_id, *q[1:]] for q in ids]
 
 
 def preprocess(image: Image.Image, size: int, mean: tuple, std: tuple) -> torch.Tensor:
@@ -244,8 +270,15 @@ def strip_answer(tokens: list[int], text_config: BlipTextConfig) -> list[int]:
 
 
 def decode(tokenizer, answers: list[list[int]]) -> list[str]:
-    """Answer strings as BLIP prints them (no special tokens, stripped)."""
-    return [a.strip() for a in tokenizer.batch_decode(answers, skip_special_tokens=True)]
+    """Answer strings as BLIP prints them: no special tokens, stripped, spaces cleaned up.
+
+    BLIP ran transformers 4.15, whose decode cleans up tokenization spaces by default
+    ("man ' s" -> "man's"); transformers 5 does not unless asked.
+    """
+    texts = tokenizer.batch_decode(
+        answers, skip_special_tokens=True, clean_up_tokenization_spaces=True
+    )
+    return [a.strip() for a in texts]
 
 
 def word_tokenizer(words: list[str]) -> BertTokenizer:
