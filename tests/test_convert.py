@@ -8,18 +8,14 @@ IRNet/CLIMS `net/resnet50_cam.py`), not by inverting the converters.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
-import warnings
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import Tensor, nn
-from torchvision.models import resnet50
+from torch import Tensor
 
 from qaclims import cli
 from qaclims.converters.cam import convert_cam
@@ -31,104 +27,10 @@ from qaclims.models.backbone import build_resnet
 from qaclims.models.cam_net import load_cam_net
 from qaclims.models.mask_clip import load_image_tower
 from qaclims.models.pretrained import pretrained_resnet
+from tests.original_files import IRNetCAM, TrainerState, openai_archive, ovseg_checkpoint
 
 TINY = clip_text.TINY_CONFIG
 CPU = torch.device("cpu")
-
-
-# OpenAI CLIP (clip/model.py): the module tree whose names the TorchScript archive keeps.
-class QuickGELU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(width, heads)
-        self.ln_1 = nn.LayerNorm(width)
-        mlp = [("c_fc", nn.Linear(width, width * 4)), ("gelu", QuickGELU())]
-        self.mlp = nn.Sequential(OrderedDict([*mlp, ("c_proj", nn.Linear(width * 4, width))]))
-        self.ln_2 = nn.LayerNorm(width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.ln_2(x))
-
-
-class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int) -> None:
-        super().__init__()
-        blocks = [ResidualAttentionBlock(width, max(width // 64, 1)) for _ in range(layers)]
-        self.resblocks = nn.Sequential(*blocks)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.resblocks(x)
-
-
-class VisionTransformer(nn.Module):
-    def __init__(self, image: int, patch: int, width: int, layers: int, out: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
-        self.class_embedding = nn.Parameter(torch.randn(width) * width**-0.5)
-        self.positional_embedding = nn.Parameter(torch.randn((image // patch) ** 2 + 1, width))
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, layers)
-        self.ln_post = nn.LayerNorm(width)
-        self.proj = nn.Parameter(torch.randn(width, out) * width**-0.5)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.conv1(x).flatten(2).permute(2, 0, 1)
-        cls = self.class_embedding.expand(1, x.shape[1], -1)
-        x = self.ln_pre(torch.cat([cls, x]) + self.positional_embedding.unsqueeze(1))
-        return self.ln_post(self.transformer(x)[0]) @ self.proj
-
-
-class OpenAICLIP(nn.Module):
-    def __init__(self, vision_width: int) -> None:
-        super().__init__()
-        v, t = TINY["vision_cfg"], TINY["text_cfg"]
-        args = (v["image_size"], v["patch_size"], vision_width, v["layers"], TINY["embed_dim"])
-        self.visual = VisionTransformer(*args)
-        self.transformer = Transformer(t["width"], t["layers"])
-        self.token_embedding = nn.Embedding(t["vocab_size"], t["width"])
-        self.positional_embedding = nn.Parameter(torch.randn(t["context_length"], t["width"]))
-        self.ln_final = nn.LayerNorm(t["width"])
-        self.text_projection = nn.Parameter(torch.randn(t["width"], TINY["embed_dim"]) * 0.1)
-        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(1 / 0.07))
-        self.register_buffer("input_resolution", torch.tensor(v["image_size"]))
-        self.register_buffer("context_length", torch.tensor(t["context_length"]))
-        self.register_buffer("vocab_size", torch.tensor(t["vocab_size"]))
-
-    def forward(self, image: Tensor, text: Tensor) -> Tensor:
-        x = (self.token_embedding(text) + self.positional_embedding).permute(1, 0, 2)
-        x = self.ln_final(self.transformer(x).permute(1, 0, 2))
-        texts = x[torch.arange(x.shape[0]), text.argmax(-1)] @ self.text_projection
-        return self.visual(image) @ texts.t()
-
-
-def _openai_fp16(model: nn.Module) -> None:
-    """What OpenAI's `convert_weights` halves; LayerNorms and embeddings stay fp32."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            m.half()
-        if isinstance(m, nn.MultiheadAttention):
-            m.in_proj_weight.data = m.in_proj_weight.data.half()
-            m.in_proj_bias.data = m.in_proj_bias.data.half()
-        for name in ("text_projection", "proj"):
-            if isinstance(getattr(m, name, None), nn.Parameter):
-                getattr(m, name).data = getattr(m, name).data.half()
-
-
-def _openai_archive(path: Path, vision_width: int = TINY["vision_cfg"]["width"]) -> dict:
-    torch.manual_seed(0)
-    model = OpenAICLIP(vision_width).eval()
-    _openai_fp16(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
-        torch.jit.script(model).save(str(path))
-    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +43,14 @@ def tiny_config(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def openai_pt(tmp_path_factory) -> tuple[Path, dict]:
     path = tmp_path_factory.mktemp("openai") / "ViT-tiny.pt"
-    return path, _openai_archive(path)
+    return path, openai_archive(path)
 
 
 def _convert_clip(src: Path, dst: Path, config: Path) -> None:
     convert_openai_clip(src, dst, architecture=config.stem, config_json=config)
 
 
-def test_openai_archive_becomes_open_clip_weights(openai_pt, tiny_config, tmp_path):
+def testopenai_archive_becomes_open_clip_weights(openai_pt, tiny_config, tmp_path):
     src, source = openai_pt
     assert source["visual.conv1.weight"].dtype == torch.float16
     _convert_clip(src, tmp_path / "clip.safetensors", tiny_config)
@@ -186,7 +88,7 @@ def test_missing_and_unexpected_clip_keys_are_named(openai_pt, tiny_config, tmp_
 
 
 def test_a_vit_of_another_width_is_named(tiny_config, tmp_path):
-    _openai_archive(tmp_path / "narrow.pt", vision_width=32)
+    openai_archive(tmp_path / "narrow.pt", vision_width=32)
     with pytest.raises(
         InputError, match=r"shape \[visual\.class_embedding \(32,\) \(expected \(64,\)\)"
     ):
@@ -200,15 +102,6 @@ def test_load_clip_names_the_convert_command_for_the_archive(openai_pt, tiny_con
         InputError, match=f"TorchScript.*python -m qaclims convert openai-clip {src}"
     ):
         clip_text.load_clip(tiny_config.stem, str(src), CPU, tiny_config)
-
-
-# OV-Seg: detectron2's {'model': ..., 'trainer': ..., 'iteration': ...} around the mask-
-# prompted OpenAI CLIP (`clip_adapter.clip_model.*`) and the rest of the segmenter.
-class TrainerState:
-    """Stands in for detectron2's trainer state, which weights-only loading refuses."""
-
-    def __init__(self) -> None:
-        self.iter = 119999
 
 
 DEPTH = 2  # the tiny tower has 2 blocks (OV-Seg: 3 of ViT-L's 24)
@@ -225,19 +118,8 @@ def tiny_clip_files(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def ovseg_pth(tmp_path_factory) -> tuple[Path, dict]:
-    torch.manual_seed(1)
-    clip = OpenAICLIP(TINY["vision_cfg"]["width"])
-    _openai_fp16(clip)
-    model = {f"clip_adapter.clip_model.{k}": v for k, v in clip.state_dict().items()}
-    grid = (TINY["vision_cfg"]["image_size"] // TINY["vision_cfg"]["patch_size"]) ** 2
-    prompts = torch.randn(DEPTH, grid, TINY["vision_cfg"]["width"])
-    model["clip_adapter.clip_model.visual.mask_embedding"] = prompts
-    model["clip_adapter.non_object_embedding"] = torch.randn(1, TINY["embed_dim"])
-    model["backbone.patch_embed.proj.weight"] = torch.randn(8, 3, 4, 4)
-    model["sem_seg_head.predictor.class_embed.weight"] = torch.randn(4, 8)
     path = tmp_path_factory.mktemp("ovseg") / "ovseg_swinbase_vitL14_ft_mpt.pth"
-    torch.save({"model": model, "trainer": TrainerState(), "iteration": 119999}, path)
-    return path, model
+    return path, ovseg_checkpoint(path, DEPTH)
 
 
 def _tower(files, depth: int, ovseg: Path):
@@ -299,22 +181,6 @@ def test_bad_ovseg_files_are_refused(ovseg_pth, tmp_path):
         with pytest.raises(InputError, match=message):
             convert_ovseg(tmp_path / "x.pth", tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
-
-
-# IRNet/CLIMS net/resnet50_cam.py Net (stride 16): one ResNet-50 under several names.
-class IRNetCAM(nn.Module):
-    def __init__(self, n_classes: int = 20) -> None:
-        super().__init__()
-        self.resnet50 = resnet50(weights=None)  # IRNet's ResNet has torchvision's names
-        del self.resnet50.fc  # IRNet's has no fc
-        r = self.resnet50
-        self.stage1 = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1)
-        self.stage2 = nn.Sequential(r.layer2)
-        self.stage3 = nn.Sequential(r.layer3)
-        self.stage4 = nn.Sequential(r.layer4)
-        self.classifier = nn.Conv2d(2048, n_classes, 1, bias=False)
-        self.backbone = nn.ModuleList([self.stage1, self.stage2, self.stage3, self.stage4])
-        self.newly_added = nn.ModuleList([self.classifier])
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,20 @@ from qaclims import demo_models
 from qaclims.converters.blip import convert_blip
 from qaclims.errors import InputError
 from qaclims.models import blip
+from tests.original_files import (
+    GRID,
+    LAYERS,
+    PATCH,
+    POSITIONS,
+    TEXT,
+    TEXT_MLP,
+    VISION,
+    VISION_MLP,
+    blip_state,
+    plain_tokenizer,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-VISION = TEXT = 128  # widths, equal as transformers needs (2 heads of 64)
-PATCH, GRID = 16, 6  # 96 px
-LAYERS, VISION_MLP, TEXT_MLP, POSITIONS = 2, 192, 96, 40
 QUESTIONS = ["what is the man's dog doing?", "what is behind the ring?"]
 
 
@@ -39,96 +48,6 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def _plain_tokenizer(folder: Path, words: list[str]) -> Path:
-    """A bert-base-uncased-like tokenizer folder: no [DEC], no [ENC] (as the hub's)."""
-    folder.mkdir(parents=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join([*blip.SPECIAL_WORDS, *words]) + "\n")
-    blip.BertTokenizer(vocab=str(vocab), model_max_length=512).save_pretrained(folder)
-    vocab.unlink()  # the saved tokenizer.json is what from_pretrained reads
-    return folder
-
-
-def _randn(generator: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=generator) * scale
-
-
-def _linear(out: dict, name: str, g: torch.Generator, rows: int, cols: int) -> None:
-    out[f"{name}.weight"] = _randn(g, rows, cols, scale=cols**-0.5)
-    out[f"{name}.bias"] = _randn(g, rows, scale=0.1)
-
-
-def _norm(out: dict, name: str, g: torch.Generator, width: int) -> None:
-    out[f"{name}.weight"] = 1 + _randn(g, width, scale=0.1)
-    out[f"{name}.bias"] = _randn(g, width, scale=0.1)
-
-
-def _vit(g: torch.Generator) -> dict[str, torch.Tensor]:
-    """BLIP's VisionTransformer state: cls_token, pos_embed, patch_embed, blocks, norm.
-
-    The embeddings are tiny so the first LayerNorm's eps (1e-6) shows in its output.
-    """
-    p = "visual_encoder."
-    out = {
-        p + "cls_token": _randn(g, 1, 1, VISION, scale=1e-3),
-        p + "pos_embed": _randn(g, 1, 1 + GRID * GRID, VISION, scale=1e-3),
-        p + "patch_embed.proj.weight": _randn(g, VISION, 3, PATCH, PATCH, scale=3e-5),
-        p + "patch_embed.proj.bias": _randn(g, VISION, scale=1e-3),
-    }
-    for i in range(LAYERS):
-        b = f"{p}blocks.{i}."
-        _norm(out, b + "norm1", g, VISION)
-        _linear(out, b + "attn.qkv", g, 3 * VISION, VISION)
-        _linear(out, b + "attn.proj", g, VISION, VISION)
-        _norm(out, b + "norm2", g, VISION)
-        _linear(out, b + "mlp.fc1", g, VISION_MLP, VISION)
-        _linear(out, b + "mlp.fc2", g, VISION, VISION_MLP)
-    _norm(out, p + "norm", g, VISION)
-    return out
-
-
-def _bert(p: str, g: torch.Generator, vocab: int, reads: int) -> dict[str, torch.Tensor]:
-    """med.py's BertModel, no pooler: embeddings (no token types), cross-attention to `reads`."""
-    out = {
-        p + "embeddings.word_embeddings.weight": _randn(g, vocab, TEXT),
-        p + "embeddings.position_embeddings.weight": _randn(g, POSITIONS, TEXT, scale=0.1),
-        p + "embeddings.position_ids": torch.arange(POSITIONS).expand((1, -1)),
-    }
-    _norm(out, p + "embeddings.LayerNorm", g, TEXT)
-    for i in range(LAYERS):
-        b = f"{p}encoder.layer.{i}."
-        for attention, source in (("attention", TEXT), ("crossattention", reads)):
-            _linear(out, f"{b}{attention}.self.query", g, TEXT, TEXT)
-            _linear(out, f"{b}{attention}.self.key", g, TEXT, source)
-            _linear(out, f"{b}{attention}.self.value", g, TEXT, source)
-            _linear(out, f"{b}{attention}.output.dense", g, TEXT, TEXT)
-            _norm(out, f"{b}{attention}.output.LayerNorm", g, TEXT)
-        _linear(out, b + "intermediate.dense", g, TEXT_MLP, TEXT)
-        _linear(out, b + "output.dense", g, TEXT, TEXT_MLP)
-        _norm(out, b + "output.LayerNorm", g, TEXT)
-    return out
-
-
-def original_state(vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """BLIP_VQA.state_dict(): visual_encoder, text_encoder, text_decoder (bert + cls head)."""
-    g = torch.Generator().manual_seed(seed)
-    # BLIP_VQA: the encoder's cross-attention reads the image tokens (encoder_width = vision
-    # width), the decoder's the question states (med_config's encoder_width = text width)
-    out = {
-        **_vit(g),
-        **_bert("text_encoder.", g, vocab, reads=VISION),
-        **_bert("text_decoder.bert.", g, vocab, reads=TEXT),
-    }
-    head = "text_decoder.cls.predictions."
-    _linear(out, head + "transform.dense", g, TEXT, TEXT)
-    _norm(out, head + "transform.LayerNorm", g, TEXT)
-    out[head + "bias"] = _randn(g, vocab)
-    # tied as in BLIP: decoder.weight = the decoder's word embeddings, decoder.bias = bias
-    out[head + "decoder.weight"] = out["text_decoder.bert.embeddings.word_embeddings.weight"]
-    out[head + "decoder.bias"] = out[head + "bias"]
-    return out
-
-
 @pytest.fixture(scope="module")
 def words() -> list[str]:
     return demo_models.vocabulary(QUESTIONS)
@@ -136,12 +55,12 @@ def words() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, words: list[str]) -> Path:
-    return _plain_tokenizer(tmp_path_factory.mktemp("tok") / "bert", words)
+    return plain_tokenizer(tmp_path_factory.mktemp("tok") / "bert", words)
 
 
 @pytest.fixture(scope="module")
 def state(words: list[str]) -> dict[str, torch.Tensor]:
-    return original_state(len(blip.SPECIAL_WORDS) + len(words) + 2)
+    return blip_state(len(blip.SPECIAL_WORDS) + len(words) + 2)
 
 
 @pytest.fixture(scope="module")
@@ -363,12 +282,12 @@ def test_image_size_must_match_the_position_embedding(
 
 def test_tokenizer_must_fit_blips_rows(source: Path, words: list[str], tmp_path: Path) -> None:
     base = len(blip.SPECIAL_WORDS) + len(words)
-    bigger = _plain_tokenizer(tmp_path / "bigger", [*words, "zebra"])
+    bigger = plain_tokenizer(tmp_path / "bigger", [*words, "zebra"])
     with pytest.raises(
         InputError, match=rf"\[DEC\] = {base + 1}, \[ENC\] = {base + 2}; .* {base + 2} word"
     ):
         convert_blip(source, tmp_path / "dst", tokenizer=str(bigger))
-    swapped = _plain_tokenizer(tmp_path / "swapped", words)
+    swapped = plain_tokenizer(tmp_path / "swapped", words)
     tokenizer = blip.BertTokenizer.from_pretrained(swapped, local_files_only=True)
     tokenizer.add_special_tokens({"additional_special_tokens": [blip.ENC_TOKEN]})
     tokenizer.add_special_tokens({"bos_token": blip.DEC_TOKEN})
