@@ -208,7 +208,7 @@ def test_demo_generator_is_deterministic(tmp_path):
 def test_demo_reads_as_voc_with_mask_labels(tmp_path):
     demo.generate(tmp_path / "d", seed=0, train_images=6, val_images=2, image_size=96)
     rows, names = voc.read(tmp_path / "d")
-    assert names == demo.CLASSES
+    assert names == demo.world_classes("cooccurrence")  # the default world
     assert {r["split"] for r in rows} == {"train_aug", "train", "val"}
     assert all(r["labels"] and r["label_source"] == "mask" and r["has_mask"] for r in rows)
     labels = np.asarray(Image.open(rows[0]["mask_path"]))

@@ -1,9 +1,11 @@
 """Generate the demo dataset: a small, seeded, VOC-layout set a model can really learn.
 
-Five object classes, each with its own shape, colour and texture, drawn 1-3 per image over
-varied textured backgrounds. Ground-truth masks carry a 255 ignore band on object borders,
-like VOC's. There is no `Annotations/` folder, so the VOC reader takes the image labels
-from the masks. Same seed and library versions, same bytes.
+Two worlds. "cooccurrence" (qaclims/datasets/demo_world.py) shows the problem QA-CLIMS
+solves: each class mostly on its own background, objects of two differently looking parts.
+"shapes", the first demo, draws five classes, each with its own shape, colour and texture,
+1-3 per image over varied textured backgrounds. Ground-truth masks carry a 255 ignore band
+on object borders, like VOC's. There is no `Annotations/` folder, so the VOC reader takes
+the image labels from the masks. Same seed and library versions, same bytes.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import numpy as np
 from PIL import Image
 
 from qaclims.atomic import atomic_dir
+from qaclims.datasets import demo_world
+from qaclims.errors import InputError
 from qaclims.images import save_label_png, voc_palette
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("ball", "crate", "star", "ring", "tent")
+WORLDS = ("cooccurrence", "shapes")
+CLASSES = ("ball", "crate", "star", "ring", "tent")  # the shapes world's
 # Base RGB colour per class; every object jitters around it.
 COLOURS = np.array(
     [[220, 40, 40], [150, 90, 30], [240, 210, 40], [40, 80, 220], [40, 170, 70]], np.float32
@@ -111,8 +116,30 @@ def render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]
     return img, labels
 
 
-def generate(out_dir: Path, *, seed: int, train_images: int, val_images: int, image_size: int):
-    """Write the demo dataset in VOC layout to `out_dir` (replaced atomically)."""
+def world_classes(world: str) -> tuple[str, ...]:
+    """The class names of demo world `world`, in label order."""
+    if world not in WORLDS:
+        raise InputError(f"unknown demo world {world!r}: one of {', '.join(WORLDS)}")
+    return demo_world.CLASSES if world == "cooccurrence" else CLASSES
+
+
+def generate(
+    out_dir: Path,
+    *,
+    seed: int,
+    train_images: int,
+    val_images: int,
+    image_size: int,
+    world: str = "cooccurrence",
+    cooccurrence: float = 0.85,
+):
+    """Write the demo dataset of `world` in VOC layout to `out_dir` (replaced atomically).
+
+    `cooccurrence` is the cooccurrence world's share of objects on their own class's background.
+    """
+    classes = world_classes(world)
+    if not 0.0 <= cooccurrence <= 1.0:
+        raise InputError(f"cooccurrence must be in [0, 1], got {cooccurrence}")
     rng = np.random.default_rng(seed)
     palette = voc_palette()
     with atomic_dir(out_dir) as tmp:
@@ -125,12 +152,16 @@ def generate(out_dir: Path, *, seed: int, train_images: int, val_images: int, im
             for _ in range(count):
                 image_id = f"demo_{index:05d}"
                 index += 1
-                img, labels = render(rng, image_size)
+                if world == "shapes":
+                    img, labels = render(rng, image_size)
+                else:
+                    scene = demo_world.render_scene(rng, image_size, cooccurrence=cooccurrence)
+                    img, labels = scene.image, scene.labels
                 Image.fromarray(img).save(tmp / "JPEGImages" / f"{image_id}.jpg", quality=95)
                 save_label_png(labels, tmp / "SegmentationClass" / f"{image_id}.png", palette)
                 ids.append(image_id)
             (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-        (tmp / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+        (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
     log.info("wrote %d demo images to %s", index, out_dir)
 
 
@@ -140,6 +171,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-images", type=int, required=True)
     p.add_argument("--val-images", type=int, required=True)
     p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("--world", choices=WORLDS, default="cooccurrence")
+    p.add_argument(
+        "--cooccurrence",
+        type=float,
+        default=0.85,
+        help="cooccurrence world: share of a class's objects on its own background",
+    )
 
 
 def main(args: argparse.Namespace) -> None:
@@ -149,4 +187,6 @@ def main(args: argparse.Namespace) -> None:
         train_images=args.train_images,
         val_images=args.val_images,
         image_size=args.image_size,
+        world=args.world,
+        cooccurrence=args.cooccurrence,
     )
