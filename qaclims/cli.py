@@ -21,6 +21,7 @@ STAGES: dict[str, str] = {
     "text_features": "qaclims.text_features",
     "cams": "qaclims.cams",
     "eval_cam": "qaclims.eval_cam",
+    "cam_compare": "qaclims.cam_compare",
     "crf": "qaclims.crf",
     "train_cam": "qaclims.train_cam",
     "ritc": "qaclims.ritc",

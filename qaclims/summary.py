@@ -1,8 +1,10 @@
-"""One table of the headline numbers: CAM, pseudo-mask and segmentation mIoU (ALGORITHM §10).
+"""A table of headline numbers: mIoU per stage, e.g. baseline and RITC CAMs, pseudo masks and
+segmentation (ALGORITHM §10), or the RITC ablations.
 
-Input: `eval/cam.json`, `eval/pseudo_masks.json` and, when segmentation ran, `eval/seg.json`
-(each with "split", "images" and "miou"). Output: the table printed to stdout and written as
-Markdown (`eval/summary.md`).
+Input: the stage names and one evaluation report per stage, in the same order (`eval/cam.json`
+and the like, each with "split", "images" and "miou"). Output: the table printed to stdout
+and written as Markdown (`eval/summary.md`) and as JSON rows `{"stage", "split", "images",
+"miou"}` with mIoU in % (`eval/summary.json`), so that scripts need not parse the Markdown.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from qaclims.atomic import atomic_path
 from qaclims.errors import InputError
@@ -31,35 +35,52 @@ def _read(path: Path) -> dict:
     return report
 
 
-def table(rows: list[tuple[str, dict]]) -> str:
+def row(stage: str, report: dict) -> dict[str, Any]:
+    """One row of a report: its split, images and mIoU in % (None where it has none).
+
+    Reports keep six decimals of the fraction: four of the percentage lose nothing.
+    """
+    miou = report["miou"]
+    return {
+        "stage": stage,
+        "split": report["split"],
+        "images": report["images"],
+        "miou": None if miou is None else round(100 * miou, 4),
+    }
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table: stage, split, images, mIoU (%)."""
     lines = ["| stage | split | images | mIoU (%) |", "|---|---|---|---|"]
-    for name, report in rows:
-        miou = report["miou"]
-        value = "n/a" if miou is None else f"{100 * miou:.2f}"
-        lines.append(f"| {name} | {report['split']} | {report['images']} | {value} |")
+    for r in rows:
+        value = "n/a" if r["miou"] is None else f"{r['miou']:.2f}"
+        lines.append(f"| {r['stage']} | {r['split']} | {r['images']} | {value} |")
     return "\n".join(lines) + "\n"
 
 
-def run(*, cam: Path, pseudo_masks: Path, seg: Path | None, out: Path) -> dict[str, float]:
-    """Print and write the table; return the mIoUs by stage."""
-    rows = [("CAM", _read(cam)), ("pseudo mask", _read(pseudo_masks))]
-    if seg is not None:
-        rows.append(("segmentation", _read(seg)))
+def run(
+    *, stages: Sequence[str], reports: Sequence[Path], out_md: Path, out_json: Path
+) -> list[dict[str, Any]]:
+    """Print the table of `stages` (one report each), write it as Markdown and JSON rows."""
+    if len(stages) != len(reports):
+        raise InputError(f"{len(stages)} stage names for {len(reports)} reports")
+    rows = [row(stage, _read(path)) for stage, path in zip(stages, reports, strict=True)]
     text = table(rows)
-    with atomic_path(out) as tmp:
+    with atomic_path(out_md) as tmp:
         tmp.write_text(text)
+    with atomic_path(out_json) as tmp:
+        tmp.write_text(json.dumps(rows, indent=2) + "\n")
     print(text, end="")
-    return {name: report["miou"] for name, report in rows}
+    return rows
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cam", type=Path, required=True, help="eval/cam.json")
-    p.add_argument("--pseudo-masks", type=Path, required=True, help="eval/pseudo_masks.json")
-    p.add_argument("--seg", type=Path, default=None, help="eval/seg.json (if trained)")
-    p.add_argument("--out", type=Path, required=True, help="Markdown table")
+    p.add_argument("--stages", nargs="+", required=True, help="row names, one per report")
+    p.add_argument("--reports", type=Path, nargs="+", required=True, help="eval/*.json")
+    p.add_argument("--out-md", type=Path, required=True, help="Markdown table")
+    p.add_argument("--out-json", type=Path, required=True, help="the rows as JSON")
 
 
 def main(args: argparse.Namespace) -> None:
-    summary = run(cam=args.cam, pseudo_masks=args.pseudo_masks, seg=args.seg, out=args.out)
-    log.info("summary: %s", summary)
+    rows = run(stages=args.stages, reports=args.reports, out_md=args.out_md, out_json=args.out_json)
+    log.info("summary: %s", {r["stage"]: r["miou"] for r in rows})

@@ -1,4 +1,4 @@
-"""Figures for the reports: CAM overlays and per-class IoU bar charts.
+"""Figures for the reports: CAM overlays, CAM comparisons and per-class IoU bar charts.
 
 Uses matplotlib's object API on an Agg canvas (no pyplot, no backend choice, no display), and
 writes each PNG atomically. Label maps are coloured with the VOC palette.
@@ -65,6 +65,39 @@ def cam_overlays(
         ax.imshow(pixels, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def cam_comparison(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    gt: np.ndarray,
+    class_names: Sequence[str],
+    networks: Mapping[str, np.ndarray],
+    *,
+    title: str = "",
+) -> None:
+    """A grid: one row per present class, the CAM of each network side by side (K×H×W each).
+
+    The image and its ground truth lead the first row, so every map of a class is compared
+    on the same row against the same picture.
+    """
+    rows, cols = len(class_names), 2 + len(networks)
+    aspect = image.shape[0] / image.shape[1]
+    fig = Figure(figsize=(PANEL_INCHES * cols, (PANEL_INCHES * aspect + 0.3) * rows + 0.5))
+    for r, name in enumerate(class_names):
+        panels = [("image", image), ("ground truth", colour_labels(gt))] if r == 0 else []
+        panels += [
+            (f"{net}: {name}", heat_overlay(image, cams[r])) for net, cams in networks.items()
+        ]
+        for k, (label, pixels) in enumerate(panels, start=cols - len(panels)):
+            ax = fig.add_subplot(rows, cols, r * cols + k + 1)
+            ax.imshow(pixels, interpolation="nearest")
+            ax.set_title(label, fontsize=9)
+            ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

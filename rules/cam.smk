@@ -1,17 +1,37 @@
-# CAMs: multi-scale + flip inference per shard (RITC weights), then their evaluation.
+# CAMs: multi-scale + flip inference per shard, then their evaluation, for each CAM network:
+# RITC (the main chain), the baseline it starts from, and the RITC ablations (target
+# `ablation`). Paths differ by a suffix `tag`; RITC keeps the plain ones (cams/,
+# eval/cam.json) that the CRF and IRN read.
+
+
+# tag -> (the row name in the tables and the report, the network).
+CAM_NETS = {
+    "": ("RITC CAM", built_source(f"{RESULTS}/models/ritc.pt")),
+    "_baseline": ("baseline CAM", BASELINE),
+    "_ritc_no_bg": (
+        "RITC CAM, no BG loss",
+        built_source(f"{RESULTS}/models/ritc_no_bg.pt"),
+    ),
+    "_ritc_label_only": (
+        "RITC CAM, class-name FG text",
+        built_source(f"{RESULTS}/models/ritc_label_only.pt"),
+    ),
+}
 
 
 rule cams:
     input:
         manifest=f"{RESULTS}/manifest.parquet",
         classes=f"{RESULTS}/classes.parquet",
-        model=f"{RESULTS}/models/ritc.pt",
+        model=lambda wildcards: CAM_NETS[wildcards.tag][1].inputs,
     output:
-        f"{RESULTS}/cams/shard-{{shard}}.npz",
+        f"{RESULTS}/cams{{tag}}/shard-{{shard}}.npz",
     log:
-        f"{LOGS}/cams/shard-{{shard}}.log",
+        f"{LOGS}/cams{{tag}}/shard-{{shard}}.log",
     benchmark:
-        f"{BENCH}/cams/shard-{{shard}}.tsv"
+        f"{BENCH}/cams{{tag}}/shard-{{shard}}.tsv"
+    wildcard_constraints:
+        tag=one_of(CAM_NETS),
     conda:
         "../envs/qaclims.yaml"
     threads: config["cam_infer"]["threads"]
@@ -20,52 +40,51 @@ rule cams:
         mem_mb=16000,
         runtime=120,
     params:
-        **stage(
-            "qaclims.cams",
-            {
-                "split": DATASET["train_split"],
-                "shards": DATASET["shards"],
-                "depth": config["cam"]["depth"],
-                **section("cam_infer", ("batch_images",)),
-            },
-            speed={"batch_images": config["cam_infer"]["batch_images"]},
-            threads_flag="workers",
+        **by_wildcard(
+            "tag", {tag: cams_stage(net) for tag, (_, net) in CAM_NETS.items()}
         ),
     shell:
         "python -m qaclims.gpu_binding {resources.gpu} --"
         " python -m qaclims cams --manifest {input.manifest} --classes {input.classes}"
-        " --model {input.model} --out {output} --shard {wildcards.shard}"
-        " {params.flags} > {log} 2>&1"
+        " --out {output} --shard {wildcards.shard} {params.flags} > {log} 2>&1"
 
 
 rule eval_cam:
     input:
         manifest=f"{RESULTS}/manifest.parquet",
         classes=f"{RESULTS}/classes.parquet",
-        cams=expand(f"{RESULTS}/cams/shard-{{shard}}.npz", shard=SHARDS),
+        cams=expand(
+            f"{RESULTS}/cams{{tag}}/shard-{{shard}}.npz",
+            shard=SHARDS,
+            allow_missing=True,
+        ),
     output:
-        json=f"{RESULTS}/eval/cam.json",
+        json=f"{RESULTS}/eval/cam{{tag}}.json",
         csv=report(
-            f"{RESULTS}/eval/cam_per_class.csv",
+            f"{RESULTS}/eval/cam{{tag}}_per_class.csv",
             caption="../report/cam_eval.rst",
             category="1. CAMs",
+            subcategory=lambda wildcards: CAM_NETS[wildcards.tag][0],
         ),
         bars=report(
-            f"{RESULTS}/eval/cam_iou.png",
+            f"{RESULTS}/eval/cam{{tag}}_iou.png",
             caption="../report/cam_iou.rst",
             category="1. CAMs",
+            subcategory=lambda wildcards: CAM_NETS[wildcards.tag][0],
         ),
         vis=report(
-            directory(f"{RESULTS}/eval/cam_vis"),
+            directory(f"{RESULTS}/eval/cam{{tag}}_vis"),
             patterns=["{name}.png"],
             caption="../report/cam_overlays.rst",
             category="1. CAMs",
-            subcategory="overlays",
+            subcategory=lambda wildcards: f"{CAM_NETS[wildcards.tag][0]} overlays",
         ),
     log:
-        f"{LOGS}/eval_cam.log",
+        f"{LOGS}/eval_cam{{tag}}.log",
     benchmark:
-        f"{BENCH}/eval_cam.tsv"
+        f"{BENCH}/eval_cam{{tag}}.tsv"
+    wildcard_constraints:
+        tag=one_of(CAM_NETS),
     conda:
         "../envs/qaclims.yaml"
     threads: 1
@@ -81,3 +100,41 @@ rule eval_cam:
         "python -m qaclims eval_cam --manifest {input.manifest} --classes {input.classes}"
         " --cams {input.cams} --out-json {output.json} --out-csv {output.csv}"
         " --out-bars {output.bars} --out-vis {output.vis} {params.flags} > {log} 2>&1"
+
+
+rule cam_compare:
+    input:
+        manifest=f"{RESULTS}/manifest.parquet",
+        classes=f"{RESULTS}/classes.parquet",
+        baseline=expand(f"{RESULTS}/cams_baseline/shard-{{shard}}.npz", shard=SHARDS),
+        ritc=expand(f"{RESULTS}/cams/shard-{{shard}}.npz", shard=SHARDS),
+    output:
+        report(
+            directory(f"{RESULTS}/eval/cam_compare"),
+            patterns=["{name}.png"],
+            caption="../report/cam_compare.rst",
+            category="0. Summary",
+            subcategory="baseline vs RITC CAMs",
+        ),
+    log:
+        f"{LOGS}/cam_compare.log",
+    benchmark:
+        f"{BENCH}/cam_compare.tsv"
+    conda:
+        "../envs/qaclims.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        **stage(
+            "qaclims.cam_compare",
+            {
+                "split": DATASET["eval_split"],
+                "vis_images": config["cam_eval"]["vis_images"],
+            },
+        ),
+    shell:
+        "python -m qaclims cam_compare --manifest {input.manifest}"
+        " --classes {input.classes} --baseline {input.baseline} --ritc {input.ritc}"
+        " --out {output} {params.flags} > {log} 2>&1"

@@ -1,5 +1,7 @@
 # Shared helpers: config validation, paths, shards, sources, each rule's settings and flags.
+import copy
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -104,9 +106,31 @@ def stage(module, values, *, sources=None, speed=None, threads_flag=None):
     return {"settings": settings, "flags": flags}
 
 
-def ritc_values():
-    """RITC's settings by flag name: its section, the CAMNet depth, the CLIP and prompt."""
-    values = section("ritc", ("workers",))
+def by_wildcard(name, stages):
+    """Params whose jobs differ by wildcard `name`: each value of it gets `stages[value]`.
+
+    Each value's `stage(...)` is made once, here; the settings function takes only the
+    wildcards, so Snakemake still compares it (it skips params derived from input, output,
+    threads or resources), and every job carries exactly its own settings.
+    """
+    return {
+        "settings": lambda wildcards: stages[wildcards[name]]["settings"],
+        "flags": lambda wildcards, threads: stages[wildcards[name]]["flags"](
+            wildcards, threads
+        ),
+    }
+
+
+def one_of(values):
+    """A wildcard constraint matching exactly `values` (the empty string included)."""
+    return "|".join(map(re.escape, values))
+
+
+def ritc_values(changes=None):
+    """RITC's settings by flag name: its section with `changes` merged in (an ablation's),
+    the CAMNet depth, the CLIP and prompt."""
+    values = copy.deepcopy(section("ritc", ("workers",)))
+    merge(values, changes or {})
     weights = values.pop("loss_weights")
     return {
         **values,
@@ -116,6 +140,52 @@ def ritc_values():
         "clip_architecture": config["models"]["clip"]["architecture"],
         "prompt": config["text"]["prompt"],
     }
+
+
+def ritc_stage(variant):
+    """The params of RITC training with `variant`'s changes."""
+    return stage(
+        "qaclims.ritc",
+        ritc_values(RITC_VARIANTS[variant]),
+        sources={
+            "clip_pretrained": CLIP_WEIGHTS,
+            "clip_config": CLIP_CONFIG,
+            "ovseg": OVSEG,
+            "baseline": BASELINE,
+        },
+        speed={
+            "workers": config["ritc"]["workers"],
+            "checkpoint_dir": f"{RESULTS}/checkpoints/ritc{variant}",
+        },
+    )
+
+
+def built_source(path):
+    """A network file this workflow builds: an input, identified by its path."""
+    return source("cams.model", path, None, workflow_builds=True)
+
+
+def cam_rows(tags):
+    """(row name, CAM evaluation report) of each tag, for the summary tables."""
+    return [(CAM_NETS[t][0], f"{RESULTS}/eval/cam{t}.json") for t in tags]
+
+
+def cams_stage(network):
+    """The params of CAM inference with `network` (a Source: a file built here is an input,
+    a released baseline is identified by content; either way the flags carry --model).
+    """
+    return stage(
+        "qaclims.cams",
+        {
+            "split": DATASET["train_split"],
+            "shards": DATASET["shards"],
+            "depth": config["cam"]["depth"],
+            **section("cam_infer", ("batch_images",)),
+        },
+        sources={"model": network},
+        speed={"batch_images": config["cam_infer"]["batch_images"]},
+        threads_flag="workers",
+    )
 
 
 def torch_launch(gpus):
@@ -130,10 +200,17 @@ def final_targets():
 
     Per-shard artifacts are listed so that a deleted shard is rebuilt (with what depends
     on it); VQA shards are not (their answers live on in the answer store anyway). Models
-    the workflow builds for itself (the demo's VQA and CLIP) are deliverables too.
+    the workflow builds for itself (the demo's VQA and CLIP) are deliverables too. The
+    baseline's CAMs and their scores are the summary's first row; the RITC ablations are
+    not deliverables (target `ablation`).
     """
     built_models = [*VQA_MODEL.inputs, *CLIP_WEIGHTS.inputs, *CLIP_CONFIG.inputs]
-    per_shard = ("cams/shard-{}.npz", "ir_labels/shard-{}", "pseudo_masks/shard-{}")
+    per_shard = (
+        "cams/shard-{}.npz",
+        "cams_baseline/shard-{}.npz",
+        "ir_labels/shard-{}",
+        "pseudo_masks/shard-{}",
+    )
     seg = ["models/seg.pt", "eval/seg.json"] if config["seg"]["enabled"] else []
     whole = [
         "text/features.parquet",
@@ -142,8 +219,11 @@ def final_targets():
         "models/irn.pt",
         *seg,
         "eval/cam.json",
+        "eval/cam_baseline.json",
+        "eval/cam_compare",
         "eval/pseudo_masks.json",
         "eval/summary.md",
+        "eval/summary.json",
     ]
     return (
         built_models

@@ -64,6 +64,18 @@ OVSEG = source(
 )
 
 
+# RITC and its ablations (target `ablation`), by the suffix of their paths: the ritc values
+# each changes. Those values are in the variant's settings; its checkpoints have their own
+# folder (a run of other settings in the same folder would be removed as superseded).
+RITC_VARIANTS = {
+    "": {},
+    "_no_bg": {"loss_weights": {"brc": 0.0}},  # no background region contrast
+    "_label_only": {
+        "label_weight": 1.0
+    },  # FG text of the class name alone, no VQA answers
+}
+
+
 rule ritc:
     input:
         manifest=f"{RESULTS}/manifest.parquet",
@@ -76,11 +88,13 @@ rule ritc:
         clip_config=CLIP_CONFIG.inputs,
         ovseg=OVSEG.inputs,
     output:
-        f"{RESULTS}/models/ritc.pt",
+        f"{RESULTS}/models/ritc{{variant}}.pt",
     log:
-        f"{LOGS}/ritc.log",
+        f"{LOGS}/ritc{{variant}}.log",
     benchmark:
-        f"{BENCH}/ritc.tsv"
+        f"{BENCH}/ritc{{variant}}.tsv"
+    wildcard_constraints:
+        variant=one_of(RITC_VARIANTS),
     conda:
         "../envs/qaclims.yaml"
     threads: config["ritc"]["threads"]
@@ -89,20 +103,7 @@ rule ritc:
         mem_mb=32000,
         runtime=720,
     params:
-        **stage(
-            "qaclims.ritc",
-            ritc_values(),
-            sources={
-                "clip_pretrained": CLIP_WEIGHTS,
-                "clip_config": CLIP_CONFIG,
-                "ovseg": OVSEG,
-                "baseline": BASELINE,
-            },
-            speed={
-                "workers": config["ritc"]["workers"],
-                "checkpoint_dir": f"{RESULTS}/checkpoints/ritc",
-            },
-        ),
+        **by_wildcard("variant", {v: ritc_stage(v) for v in RITC_VARIANTS}),
         launch=lambda wildcards, resources: torch_launch(resources.gpu),
     shell:
         "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"

@@ -1,4 +1,5 @@
-# Final segmentation on the pseudo masks (optional: seg.enabled) and the summary table.
+# Final segmentation on the pseudo masks (optional: seg.enabled), the summary table and the
+# RITC ablation table (optional target `ablation`).
 
 SEG_WEIGHTS = backbone_source(
     "seg.weights", config["seg"]["depth"], config["seg"]["weights"]
@@ -51,17 +52,29 @@ rule train_seg:
         " {params.flags} > {log} 2>&1"
 
 
+# (row name, evaluation report) of each table, in its order.
+SUMMARY_ROWS = [
+    *cam_rows(["_baseline", ""]),
+    ("pseudo mask", f"{RESULTS}/eval/pseudo_masks.json"),
+    *(
+        [("segmentation", f"{RESULTS}/eval/seg.json")]
+        if config["seg"]["enabled"]
+        else []
+    ),
+]
+ABLATION_ROWS = cam_rows(["_baseline", "", "_ritc_no_bg", "_ritc_label_only"])
+
+
 rule summary:
     input:
-        cam=f"{RESULTS}/eval/cam.json",
-        masks=f"{RESULTS}/eval/pseudo_masks.json",
-        seg=f"{RESULTS}/eval/seg.json" if config["seg"]["enabled"] else [],
+        [path for _, path in SUMMARY_ROWS],
     output:
-        report(
+        md=report(
             f"{RESULTS}/eval/summary.md",
             caption="../report/summary.rst",
             category="0. Summary",
         ),
+        json=f"{RESULTS}/eval/summary.json",
     log:
         f"{LOGS}/summary.log",
     benchmark:
@@ -73,8 +86,25 @@ rule summary:
         mem_mb=500,
         runtime=5,
     params:
-        **stage("qaclims.summary", {}),
-        seg=lambda wildcards, input: f"--seg {input.seg}" if input.seg else "",
+        **stage("qaclims.summary", {"stages": [name for name, _ in SUMMARY_ROWS]}),
     shell:
-        "python -m qaclims summary --cam {input.cam} --pseudo-masks {input.masks}"
-        " {params.seg} --out {output} > {log} 2>&1"
+        "python -m qaclims summary --reports {input} --out-md {output.md}"
+        " --out-json {output.json} {params.flags} > {log} 2>&1"
+
+
+use rule summary as ablation with:
+    input:
+        [path for _, path in ABLATION_ROWS],
+    output:
+        md=report(
+            f"{RESULTS}/eval/ablation.md",
+            caption="../report/ablation.rst",
+            category="0. Summary",
+        ),
+        json=f"{RESULTS}/eval/ablation.json",
+    log:
+        f"{LOGS}/ablation.log",
+    benchmark:
+        f"{BENCH}/ablation.tsv"
+    params:
+        **stage("qaclims.summary", {"stages": [name for name, _ in ABLATION_ROWS]}),

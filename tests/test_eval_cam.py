@@ -1,4 +1,4 @@
-"""CAM evaluation: the one-pass threshold sweep, its stopping rule, and the reports."""
+"""CAM evaluation: the one-pass threshold sweep, its stopping rule, the reports, the comparison."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from test_cams import write_manifest
 
-from qaclims import eval_cam
+from qaclims import cam_compare, eval_cam
 from qaclims.cam_store import CamRecord, write_cams
 from qaclims.errors import InputError
 from qaclims.images import save_label_png
@@ -145,3 +145,38 @@ def test_run_reads_an_empty_shard_and_images_without_classes(tmp_path):
     )  # fmt: skip
     assert summary["images"] == 1 and summary["miou"] == 1.0  # all background, rightly
     assert [p.name for p in (out / "vis").iterdir()] == ["a.png"]
+
+
+def test_compare_draws_baseline_and_ritc_of_the_first_images_with_a_class(tmp_path):
+    """One panel per chosen image: rows of classes, columns image | gt | baseline | RITC."""
+    h, w = 8, 12
+    rows, records = [], []
+    for image_id, labels in (("a", [0, 1]), ("b", []), ("c", [1]), ("d", [0])):
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / f"{image_id}.png")
+        save_label_png(np.zeros((h, w), np.uint8), tmp_path / f"{image_id}_gt.png")
+        rows.append({"image_id": image_id, "path": str(tmp_path / f"{image_id}.png"),
+                     "height": h, "width": w, "labels": labels, "split": "train",
+                     "mask_path": str(tmp_path / f"{image_id}_gt.png")})  # fmt: skip
+        k = len(labels)
+        records.append((image_id, CamRecord(
+            keys=np.array(labels, np.int64), strided=np.zeros((k, 2, 3), np.float32),
+            high_res=np.full((k, h, w), 0.5, np.float32),
+        )))  # fmt: skip
+    manifest, classes = write_manifest(tmp_path, rows, 2)
+    write_cams(tmp_path / "b0.npz", records[:2], storage="float16")
+    write_cams(tmp_path / "b1.npz", records[2:], storage="float16")
+    write_cams(tmp_path / "r0.npz", records, storage="uint8")
+    out = tmp_path / "compare"
+    drawn = cam_compare.run(
+        manifest=manifest, classes=classes, baseline=[tmp_path / "b0.npz", tmp_path / "b1.npz"],
+        ritc=[tmp_path / "r0.npz"], split="train", vis_images=2, out=out,
+    )  # fmt: skip
+    assert drawn == 2
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]  # b has no class
+    two_rows, one_row = (np.asarray(Image.open(out / f"{n}.png")) for n in ("a", "c"))
+    assert two_rows.shape[1] == one_row.shape[1] and two_rows.shape[0] > one_row.shape[0]
+    with pytest.raises(InputError, match="no CAMs"):
+        cam_compare.run(
+            manifest=manifest, classes=classes, baseline=[tmp_path / "b0.npz"],
+            ritc=[tmp_path / "r0.npz"], split="train", vis_images=2, out=tmp_path / "x",
+        )  # fmt: skip

@@ -72,11 +72,14 @@ def test_train_seg_and_eval_write_valid_reports(tmp_path):
     height, width = np.asarray(Image.open(labels / f"{panels[0].stem}.png")).shape
     assert np.asarray(Image.open(panels[0])).shape == (height, 3 * width, 3)
     (tmp_path / "cam.json").write_text(json.dumps({"split": "train", "images": 3, "miou": 0.25}))
-    table = summary.run(
-        cam=tmp_path / "cam.json", pseudo_masks=tmp_path / "masks.json",
-        seg=tmp_path / "seg.json", out=tmp_path / "summary.md",
+    rows = summary.run(
+        stages=["CAM", "pseudo mask", "segmentation"],
+        reports=[tmp_path / "cam.json", tmp_path / "masks.json", tmp_path / "seg.json"],
+        out_md=tmp_path / "summary.md", out_json=tmp_path / "summary.json",
     )  # fmt: skip
-    assert table == {"CAM": 0.25, "pseudo mask": 1.0, "segmentation": stored["miou"]}
+    assert {r["stage"]: r["miou"] for r in rows} == pytest.approx(
+        {"CAM": 25.0, "pseudo mask": 100.0, "segmentation": 100 * stored["miou"]}
+    )
     assert "| CAM | train | 3 | 25.00 |" in (tmp_path / "summary.md").read_text()
 
 

@@ -9,6 +9,7 @@ their own copy of the completed run. The README's "what reruns when" table is th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -36,17 +37,18 @@ pytestmark = pytest.mark.slow
 PSEUDO_DOWN = {"pseudo_masks": SHARDS, "eval_masks": 1, "train_seg": 1, "summary": 1, "all": 1}
 IRN_DOWN = {"train_irn": 1, **PSEUDO_DOWN}
 CRF_DOWN = {"crf": SHARDS, **IRN_DOWN}
-RITC_DOWN = {"ritc": 1, "cams": SHARDS, "eval_cam": 1, **CRF_DOWN}
+RITC_DOWN = {"ritc": 1, "cams": SHARDS, "eval_cam": 1, "cam_compare": 1, **CRF_DOWN}
 TEXT_DOWN = {"text_features": 1, **RITC_DOWN}
-BASELINE_DOWN = {"train_cam": 1, **RITC_DOWN}  # the demo's IRN and seg start from it too
+# The baseline's own CAMs and their evaluation too; the demo's IRN and seg start from it.
+BASELINE_DOWN = {"train_cam": 1, **RITC_DOWN, "cams": 2 * SHARDS, "eval_cam": 2}
 EVERY_JOB = {
     "demo_data": 1,
     "demo_models": 1,
     "manifest": 1,
     "qape": SHARDS,
     "corpus": 1,
-    **TEXT_DOWN,
-    "train_cam": 1,
+    "text_features": 1,
+    **BASELINE_DOWN,
 }
 
 
@@ -129,6 +131,35 @@ def test_a_value_another_setting_holds_is_still_a_change(workflow, text, expecte
     assert planned(workflow, overlays=(overlay(workflow, "collide", text),)) == expected
 
 
+def test_summary_rows_agree_with_the_eval_reports(workflow):
+    """summary.json: one row per stage, the split, images and mIoU (%) of its report."""
+    evals = workflow / RESULTS / "eval"
+    reports = {
+        "baseline CAM": "cam_baseline.json",
+        "RITC CAM": "cam.json",
+        "pseudo mask": "pseudo_masks.json",
+        "segmentation": "seg.json",
+    }
+    rows = json.loads((evals / "summary.json").read_text())
+    assert [r["stage"] for r in rows] == list(reports)
+    table = (evals / "summary.md").read_text()
+    for r in rows:
+        stored = json.loads((evals / reports[r["stage"]]).read_text())
+        assert (r["split"], r["images"]) == (stored["split"], stored["images"])
+        assert r["miou"] == pytest.approx(100 * stored["miou"], abs=1e-9)
+        assert f"| {r['stage']} | {r['split']} | {r['images']} | {r['miou']:.2f} |" in table
+    assert sorted(p.name for p in (evals / "cam_baseline_vis").iterdir()) == sorted(
+        p.name for p in (evals / "cam_vis").iterdir()
+    )
+    assert list((evals / "cam_compare").glob("*.png"))
+
+
+def test_the_ablation_trains_only_its_two_variants(workflow):
+    """Its baseline and RITC rows are the default run's: same settings, nothing redone."""
+    expected = {"ritc": 2, "cams": 2 * SHARDS, "eval_cam": 2, "ablation": 1}
+    assert planned(workflow, "ablation") == expected
+
+
 def test_a_nested_key_can_be_set_on_the_command_line(workflow):
     assert planned(workflow, flags=("--config", "crf={fg_threshold: 0.35}")) == CRF_DOWN
     assert planned(workflow, flags=("--config", "crf={fg_threshold: 0.3}")) == {}
@@ -190,7 +221,11 @@ def test_touching_a_source_file_plans_nothing(workflow):
         ("models/cam_baseline.pt", BASELINE_DOWN),
         ("models/seg.pt", {"train_seg": 1, "summary": 1, "all": 1}),
         ("eval/seg.json", {"train_seg": 1, "summary": 1, "all": 1}),
-        ("cams/shard-1.npz", {"cams": 1, "eval_cam": 1, **CRF_DOWN, "crf": 1}),
+        ("cams/shard-1.npz", {"cams": 1, "eval_cam": 1, "cam_compare": 1, **CRF_DOWN, "crf": 1}),
+        (
+            "cams_baseline/shard-1.npz",
+            {"cams": 1, "eval_cam": 1, "cam_compare": 1, "summary": 1, "all": 1},
+        ),
         (
             "demo_models/clip-tiny.safetensors",
             {"demo_models": 1, **TEXT_DOWN, "qape": 2, "corpus": 1},
@@ -295,7 +330,7 @@ def test_a_new_shard_count_retrains_nothing(own_copy):
     ritc = own_copy / RESULTS / "models" / "ritc.pt"
     before = torch.load(ritc, weights_only=True)
     three = overlay(own_copy, "three", "dataset:\n  shards: 3\n")
-    per_shard = {"qape": 3, "cams": 3, "crf": 3, "pseudo_masks": 3}
+    per_shard = {"qape": 3, "cams": 2 * 3, "crf": 3, "pseudo_masks": 3}  # baseline and RITC
     unchanged = ("demo_data", "demo_models", "manifest", "train_cam")
     expected = {k: v for k, v in {**EVERY_JOB, **per_shard}.items() if k not in unchanged}
     assert planned(own_copy, overlays=(three,)) == expected

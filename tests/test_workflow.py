@@ -101,3 +101,46 @@ def test_every_planned_command_parses_with_its_stage_cli(tmp_path, kind):
     if kind == "voc12":
         not_rules.add("train_cam")  # cam.released
     assert stages == set(cli.STAGES) - not_rules
+
+
+def _planned_commands(workdir: Path, *targets: str) -> list[tuple[str, list[str]]]:
+    """(stage, arguments) of every qaclims command a dry run of `targets` plans."""
+    result = snakemake(workdir, "-n", "-p", *targets)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [
+        _stage_argv(line.partition("Shell command: ")[2])
+        for line in result.stdout.splitlines()
+        if line.startswith("Shell command: ") and "qaclims" in line
+    ]
+
+
+def _flag(argv: list[str], name: str, count: int = 1) -> list[str]:
+    at = argv.index(name)
+    return argv[at + 1 : at + 1 + count]
+
+
+def test_ablation_plans_the_two_ritc_variants_and_the_default_target_does_not(tmp_path):
+    ritc = {
+        _flag(argv, "--out")[0]: argv
+        for stage, argv in _planned_commands(tmp_path, "ablation")
+        if stage == "ritc"
+    }
+    models = "results/demo/models"
+    assert sorted(ritc) == [f"{models}/{n}.pt" for n in ("ritc", "ritc_label_only", "ritc_no_bg")]
+    no_bg, label_only, full = (
+        ritc[f"{models}/{n}.pt"] for n in ("ritc_no_bg", "ritc_label_only", "ritc")
+    )
+    assert _flag(no_bg, "--loss-weights", 3) == ["10.0", "0.0", "0.2"]
+    assert _flag(no_bg, "--label-weight") == _flag(full, "--label-weight") == ["0.5"]
+    assert _flag(label_only, "--label-weight") == ["1.0"]
+    assert _flag(label_only, "--loss-weights", 3) == _flag(full, "--loss-weights", 3)
+    checkpoints = {_flag(argv, "--checkpoint-dir")[0] for argv in ritc.values()}
+    assert len(checkpoints) == 3, "each variant resumes from its own checkpoints"
+
+    default = _planned_commands(tmp_path)
+    outs = {_flag(argv, "--out")[0] for stage, argv in default if "--out" in argv}
+    assert f"{models}/ritc.pt" in outs and [o for o in outs if "ritc_" in o] == []
+    summary = next(argv for stage, argv in default if stage == "summary")
+    assert summary[summary.index("--reports") + 1 : summary.index("--reports") + 3] == [
+        "results/demo/eval/cam_baseline.json", "results/demo/eval/cam.json"
+    ]  # fmt: skip
