@@ -6,6 +6,32 @@ DEMO_MODELS = {
     "clip_config": f"{RESULTS}/demo_models/clip-tiny.json",
 }
 
+
+def demo_vlm_values():
+    """Training settings of the demo VLMs, and how the pipeline asks, encodes and sees."""
+    qape, ritc = config["qape"], config["ritc"]
+    training = {
+        k: v for k, v in config["demo_vlms"].items() if k not in ("trained", "threads")
+    }
+    return {
+        **training,
+        "image_size": config["demo"]["image_size"],
+        "cooccurrence": config["demo"]["cooccurrence"],
+        "prompt": config["text"]["prompt"],
+        "fg_questions": qape["fg_questions"],
+        "bg_questions": qape["bg_questions"],
+        "enc_token": qape["enc_token"],
+        "max_question_tokens": qape["max_question_tokens"],
+        "num_beams": qape["num_beams"],
+        "max_length": qape["max_length"],
+        "min_length": qape["min_length"],
+        "clip_input_norm": ritc["clip_input_norm"],
+        "mask_prompt_depth": (
+            ritc["mask_prompt_depth"] if ritc["clip_mode"] == "mask_adapted" else 0
+        ),
+    }
+
+
 if IS_DEMO:
 
     rule demo_models:
@@ -13,16 +39,17 @@ if IS_DEMO:
             vqa=directory(DEMO_MODELS["vqa"]),
             clip=DEMO_MODELS["clip"],
             clip_config=DEMO_MODELS["clip_config"],
+            quality=f"{RESULTS}/demo_models/quality.json",
         log:
             f"{LOGS}/demo_models.log",
         benchmark:
             f"{BENCH}/demo_models.tsv"
         conda:
             "../envs/qaclims.yaml"
-        threads: 1
+        threads: config["demo_vlms"]["threads"]
         resources:
-            mem_mb=2000,
-            runtime=10,
+            mem_mb=4000,
+            runtime=15,
         params:
             **stage(
                 "qaclims.demo_models",
@@ -31,12 +58,16 @@ if IS_DEMO:
                     + config["qape"]["bg_questions"],
                     "seed": config["demo"]["seed"],
                     "vqa_image_size": config["qape"]["image_size"],
+                    "world": config["demo"]["world"],
+                    "trained": config["demo_vlms"]["trained"],
+                    **(demo_vlm_values() if config["demo_vlms"]["trained"] else {}),
                 },
+                threads_flag="threads",
             ),
         shell:
             "python -m qaclims demo_models --vqa-out {output.vqa}"
             " --clip-weights {output.clip} --clip-config {output.clip_config}"
-            " {params.flags} > {log} 2>&1"
+            " --quality {output.quality} {params.flags} > {log} 2>&1"
 
 
 VQA_MODEL = source(
