@@ -7,31 +7,6 @@ DEMO_MODELS = {
 }
 
 
-def demo_vlm_values():
-    """Training settings of the demo VLMs, and how the pipeline asks, encodes and sees."""
-    qape, ritc = config["qape"], config["ritc"]
-    training = {
-        k: v for k, v in config["demo_vlms"].items() if k not in ("trained", "threads")
-    }
-    return {
-        **training,
-        "image_size": config["demo"]["image_size"],
-        "cooccurrence": config["demo"]["cooccurrence"],
-        "prompt": config["text"]["prompt"],
-        "fg_questions": qape["fg_questions"],
-        "bg_questions": qape["bg_questions"],
-        "enc_token": qape["enc_token"],
-        "max_question_tokens": qape["max_question_tokens"],
-        "num_beams": qape["num_beams"],
-        "max_length": qape["max_length"],
-        "min_length": qape["min_length"],
-        "clip_input_norm": ritc["clip_input_norm"],
-        "mask_prompt_depth": (
-            ritc["mask_prompt_depth"] if ritc["clip_mode"] == "mask_adapted" else 0
-        ),
-    }
-
-
 if IS_DEMO:
 
     rule demo_models:
