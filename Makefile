@@ -22,8 +22,10 @@ demo: $(STAMP)
 report: $(STAMP)
 	$(RUN) snakemake --report report.html
 
+# Two workers, each test file on one (its module fixtures run once): the heavy files
+# (staleness, layouts, SLURM) spend much of their time waiting on subprocesses.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
