@@ -37,7 +37,7 @@ rule cams:
     threads: config["cam_infer"]["threads"]
     resources:
         gpu=config["cam_infer"]["gpu"],
-        mem_mb=16000,
+        mem_mb=MEM["cams"],
         runtime=120,
     params:
         **by_wildcard(
@@ -89,7 +89,7 @@ rule eval_cam:
         "../envs/qaclims.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=MEM["eval_cam"],
         runtime=60,
     params:
         **stage(
@@ -124,7 +124,7 @@ rule cam_compare:
         "../envs/qaclims.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=MEM["cam_compare"],
         runtime=30,
     params:
         **stage(

@@ -43,6 +43,7 @@ except (InputError, OSError, ValueError) as err:
 
 
 DATASET = config["dataset"]
+MEM = config["mem_mb"]  # each rule's scheduler memory (MB); resources, not settings
 RESULTS = f"results/{DATASET['name']}"
 LOGS = f"logs/{DATASET['name']}"
 BENCH = f"benchmarks/rules/{DATASET['name']}"

@@ -15,7 +15,7 @@ rule crf:
         "../envs/qaclims.yaml"
     threads: config["crf"]["threads"]
     resources:
-        mem_mb=lambda wildcards, threads: 1000 + 1500 * threads,
+        mem_mb=lambda wildcards, threads: MEM["crf"] + MEM["crf_per_thread"] * threads,
         runtime=120,
     params:
         **stage(

@@ -14,7 +14,7 @@ if IS_DEMO:
             "../envs/qaclims.yaml"
         threads: 1
         resources:
-            mem_mb=1000,
+            mem_mb=MEM["demo_data"],
             runtime=10,
         params:
             **stage("qaclims.datasets.demo", config["demo"]),
@@ -49,7 +49,7 @@ rule manifest:
         "../envs/qaclims.yaml"
     threads: 4
     resources:
-        mem_mb=4000,
+        mem_mb=MEM["manifest"],
         runtime=60,
     params:
         **stage(

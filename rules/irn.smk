@@ -22,7 +22,7 @@ rule train_irn:
     threads: config["irn"]["threads"]
     resources:
         gpu=config["irn"]["gpu"],
-        mem_mb=24000,
+        mem_mb=MEM["train_irn"],
         runtime=240,
     params:
         **stage(
@@ -60,7 +60,7 @@ rule pseudo_masks:
     threads: config["pseudo_masks"]["threads"]
     resources:
         gpu=config["pseudo_masks"]["gpu"],
-        mem_mb=8000,
+        mem_mb=MEM["pseudo_masks"],
         runtime=120,
     params:
         **stage(
@@ -99,7 +99,7 @@ rule eval_masks:
         "../envs/qaclims.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=MEM["eval_masks"],
         runtime=30,
     params:
         **stage(

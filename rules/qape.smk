@@ -23,7 +23,7 @@ if IS_DEMO:
             "../envs/qaclims.yaml"
         threads: config["demo_vlms"]["threads"]
         resources:
-            mem_mb=4000,
+            mem_mb=MEM["demo_models"],
             runtime=15,
         params:
             **stage(
@@ -69,7 +69,7 @@ rule qape:
     threads: config["qape"]["workers"] + 1
     resources:
         gpu=config["qape"]["gpu"],
-        mem_mb=16000,
+        mem_mb=MEM["qape"],
         runtime=240,
     params:
         **stage(
@@ -125,7 +125,7 @@ rule corpus:
         "../envs/qaclims.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=MEM["corpus"],
         runtime=30,
     params:
         **stage(

@@ -23,7 +23,7 @@ rule train_cam:
     threads: config["cam"]["threads"]
     resources:
         gpu=config["cam"]["gpu"],
-        mem_mb=16000,
+        mem_mb=MEM["train_cam"],
         runtime=240,
     params:
         **stage(
@@ -100,7 +100,7 @@ rule ritc:
     threads: config["ritc"]["threads"]
     resources:
         gpu=config["ritc"]["gpu"],
-        mem_mb=32000,
+        mem_mb=MEM["ritc"],
         runtime=720,
     params:
         **by_wildcard("variant", {v: ritc_stage(v) for v in RITC_VARIANTS}),

@@ -28,7 +28,7 @@ rule train_seg:
     threads: config["seg"]["threads"]
     resources:
         gpu=config["seg"]["gpu"],
-        mem_mb=24000,
+        mem_mb=MEM["train_seg"],
         runtime=720,
     params:
         **stage(
@@ -83,7 +83,7 @@ rule summary:
         "../envs/qaclims.yaml"
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=MEM["summary"],
         runtime=5,
     params:
         **stage("qaclims.summary", {"stages": [name for name, _ in SUMMARY_ROWS]}),

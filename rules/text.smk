@@ -35,7 +35,7 @@ rule text_features:
     threads: 2
     resources:
         gpu=config["text"]["gpu"],
-        mem_mb=8000,
+        mem_mb=MEM["text_features"],
         runtime=60,
     params:
         **stage(

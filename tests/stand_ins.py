@@ -51,7 +51,6 @@ def paper_config(work: Path, kind: str) -> Path:
         for sub in ("train2014", "val2014", "annotations"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         text = text.replace("root: data/coco2014", f"root: {root}")
-        text = text.replace("max_images: 10000", "max_images: null")
     text = text.replace("data/models/ovseg_vitL14_mpt.safetensors", str(ovseg))
     path = work / f"{kind}.yaml"
     path.write_text(text)

@@ -174,7 +174,8 @@ def test_speed_knobs_rerun_nothing(workflow):
         "text:\n  batch_size: 7\n"
         "cam_infer:\n  batch_images: 3\n  threads: 1\n"
         "cam:\n  workers: 1\nritc:\n  workers: 1\nirn:\n  workers: 1\nseg:\n  workers: 1\n"
-        "crf:\n  threads: 1\n",
+        "crf:\n  threads: 1\n"
+        "mem_mb:\n  cams: 1500\n  crf: 1500\n  ritc: 1500\n",  # 1500 is crf_per_thread
     )
     assert planned(workflow, overlays=(knobs,)) == {}
 

@@ -144,3 +144,28 @@ def test_ablation_plans_the_two_ritc_variants_and_the_default_target_does_not(tm
     assert summary[summary.index("--reports") + 1 : summary.index("--reports") + 3] == [
         "results/demo/eval/cam_baseline.json", "results/demo/eval/cam.json"
     ]  # fmt: skip
+
+
+def test_each_job_asks_for_the_memory_its_config_sets(tmp_path):
+    """`mem_mb.<rule>` (coco14.yaml over config.yaml) reaches every planned job's resources;
+    a CRF job asks crf + crf_per_thread × its threads."""
+    env = model_caches(tmp_path)
+    config = paper_config(tmp_path, "coco14")
+    result = snakemake(tmp_path, "-n", "--configfile", str(config), env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    mem = yaml.safe_load((ROOT / "config.yaml").read_text())["mem_mb"]
+    mem.update(yaml.safe_load(config.read_text()).get("mem_mb", {}))
+    asked, expected = {}, {}
+    rule, threads = None, 1
+    for line in result.stdout.splitlines():
+        text = line.strip()
+        if line.startswith(("rule ", "localrule ")):
+            rule, threads = line.split()[1].rstrip(":"), 1
+        elif text.startswith("threads:"):
+            threads = int(text.split()[1])
+        elif text.startswith("resources:") and rule != "all":
+            asked.setdefault(rule, set()).add(int(text.partition("mem_mb=")[2].split(",")[0]))
+            want = mem[rule] + (mem["crf_per_thread"] * threads if rule == "crf" else 0)
+            expected.setdefault(rule, set()).add(want)
+    assert {"qape", "cams", "crf", "eval_cam", "pseudo_masks"} <= set(asked)
+    assert asked == expected
