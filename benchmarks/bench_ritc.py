@@ -8,6 +8,7 @@ networks (step time minus a CAM forward+backward and a single CLIP forward+backw
 same region images).
 
     python benchmarks/bench_ritc.py [--batch 8] [--crop 96] [--repeats 9]
+    python benchmarks/bench_ritc.py --paper --batch 2 --crop 512 --classes 20 --repeats 1
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import open_clip
 import torch
+from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from qaclims.models import clip_text
@@ -29,17 +32,32 @@ from qaclims.models.mask_clip import load_image_tower
 from qaclims.pair_text import PairTexts
 from qaclims.ritc import RITCLoss
 
+PAPER_CLIP = "ViT-L-14-quickgelu"
 
-def _setup(batch: int, crop: int, classes: int, seed: int = 0):
+
+def _clip_tower(folder: Path, paper: bool, seed: int):
+    """The mask-adapted image tower, loaded through `load_image_tower` like a real one:
+    the tiny test CLIP, or (paper) a random ViT-L/14 with OV-Seg's 3 prompt layers."""
+    if not paper:
+        weights, config = folder / "bench-clip-tiny.safetensors", folder / "bench-clip-tiny.json"
+        clip_text.tiny_clip(config.stem, weights, seed=seed)
+        config.write_text(json.dumps(clip_text.TINY_CONFIG))
+        return load_image_tower(
+            config.stem, str(weights), torch.device("cpu"), config_json=config, mask_prompt_depth=2
+        )
     torch.manual_seed(seed)
-    folder = Path(tempfile.mkdtemp())
-    weights, config = folder / "bench-clip-tiny.safetensors", folder / "bench-clip-tiny.json"
-    clip_text.tiny_clip(config.stem, weights, seed=seed)
-    config.write_text(json.dumps(clip_text.TINY_CONFIG))
-    clip = load_image_tower(
-        config.stem, str(weights), torch.device("cpu"), config_json=config, mask_prompt_depth=2
-    )
-    model = CAMNet(classes, depth=18, fixed_bn=False)
+    weights = folder / "vit-l-14.safetensors"
+    state = open_clip.create_model(PAPER_CLIP).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, weights)
+    del state
+    return load_image_tower(PAPER_CLIP, str(weights), torch.device("cpu"), mask_prompt_depth=3)
+
+
+def _setup(batch: int, crop: int, classes: int, paper: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        clip = _clip_tower(Path(folder), paper, seed)
+    model = CAMNet(classes, depth=50 if paper else 18, fixed_bn=False)
     labels = torch.zeros(batch, classes)
     for b in range(batch):  # 1-3 classes per image, like the demo (≈ 2 pairs per image)
         labels[b, torch.randperm(classes)[: 1 + b % 3]] = 1
@@ -93,11 +111,13 @@ def reference_step(model, clip, texts: PairTexts, batch, alpha=0.1, tau=0.7, w=(
     return w[0] * frc_total / 2 + w[1] * brc_total / 2 + w[2] * maps.mean()
 
 
-def _time(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+def _time(
+    fns: dict[str, Callable[[], None]], repeats: int, warm_up: bool = True
+) -> dict[str, float]:
     """Median seconds of each function, run in turns so that load changes hit all alike."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()  # warm-up
+    for fn in fns.values() if warm_up else ():
+        fn()
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
@@ -112,8 +132,14 @@ def main() -> None:
     p.add_argument("--crop", type=int, default=96)
     p.add_argument("--classes", type=int, default=9)
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="paper sizes: ResNet-50 CAMNet, random ViT-L/14 (224, 3 prompt layers); "
+        "use with --batch 2 --crop 512 --classes 20 --repeats 1",
+    )
     args = p.parse_args()
-    model, clip, texts, batch = _setup(args.batch, args.crop, args.classes)
+    model, clip, texts, batch = _setup(args.batch, args.crop, args.classes, args.paper)
     model.eval()  # equal BatchNorm behaviour for both steps and between repeats
     loss_fn = RITCLoss(clip=clip, texts=texts)
 
@@ -149,9 +175,13 @@ def main() -> None:
         "clip_one": clip_batched,
         "clip_each": clip_per_region,
     }
-    times = _time(fns, args.repeats)
+    if args.paper:  # minutes a step on a CPU: no warm-up, no per-region CLIP timing
+        del fns["clip_each"]
+    times = _time(fns, args.repeats, warm_up=not args.paper)
     ours, ref, nets = times["ours"], times["ref"], times["nets"]
     print(
+        f"CAMNet ResNet-{50 if args.paper else 18}, "
+        f"{PAPER_CLIP + ' (random)' if args.paper else 'tiny CLIP'}, "
         f"batch {args.batch}, crop {args.crop}, {n_pairs} pairs, CLIP input {size}, "
         f"{torch.get_num_threads()} threads, median of {args.repeats}"
     )
@@ -160,9 +190,10 @@ def main() -> None:
     print(f"networks alone (CAM fwd+bwd, one CLIP fwd+bwd): {nets * 1000:.1f} ms")
     print(f"share of the vectorised step outside the networks: {max(0.0, 1 - nets / ours):.1%}")
     print(f"share of the reference step outside the networks:  {max(0.0, 1 - nets / ref):.1%}")
+    each = f", one call each {times['clip_each'] * 1000:.1f} ms" if "clip_each" in times else ""
     print(
         f"CLIP fwd+bwd of the {2 * n_pairs} region images: one call "
-        f"{times['clip_one'] * 1000:.1f} ms, one call each {times['clip_each'] * 1000:.1f} ms"
+        f"{times['clip_one'] * 1000:.1f} ms{each}"
     )
 
 
