@@ -75,6 +75,15 @@ def _collate(items: list[tuple[int, list[torch.Tensor]]]) -> tuple[list[int], li
     return indices, per_scale
 
 
+def device_batch_images(device: torch.device, batch_images: int) -> int:
+    """Equal-size images per forward on `device`: `batch_images` on CUDA, 1 on the CPU.
+
+    On the CPU several images a batch run slower than the same images one by one (ResNet-50,
+    4 images 320×480: 0.71× the reference loop against 0.98×; benchmarks/bench_cam.py).
+    """
+    return batch_images if device.type == "cuda" else 1
+
+
 def equal_size_batches(sizes: Sequence[tuple[int, int]], batch_images: int) -> list[list[int]]:
     """Indices grouped by image size (then by index), at most `batch_images` a group."""
     order = sorted(range(len(sizes)), key=lambda i: (tuple(sizes[i]), i))
@@ -172,7 +181,7 @@ def run(
     net = load_cam_net(model, num_classes, depth=depth, fixed_bn=False).eval().to(device)
     sizes = [(r["height"], r["width"]) for r in rows]
     keys = [np.asarray(sorted(r["labels"]), dtype=np.int64) for r in rows]
-    batches = equal_size_batches(sizes, batch_images)
+    batches = equal_size_batches(sizes, device_batch_images(device, batch_images))
     loader = DataLoader(
         _ScaledImages([r["path"] for r in rows], sizes, list(scales)),
         batch_sampler=batches,

@@ -234,3 +234,8 @@ def test_empty_shard_writes_an_empty_valid_cam_file(tmp_path, tiny_net, caplog):
     with pytest.raises(InputError, match=r"shard 2: shards run 0\.\.1 \(dataset\.shards = 2\)"):
         cams.run(out=out / "shard-2.npz", shard=2, **kw)
     assert not (out / "shard-2.npz").exists()
+
+
+def test_a_cpu_job_runs_one_image_a_forward_and_a_cuda_job_the_configured_batch():
+    assert cams.device_batch_images(torch.device("cpu"), 8) == 1
+    assert cams.device_batch_images(torch.device("cuda"), 8) == 8
