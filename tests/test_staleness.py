@@ -39,6 +39,7 @@ IRN_DOWN = {"train_irn": 1, **PSEUDO_DOWN}
 CRF_DOWN = {"crf": SHARDS, **IRN_DOWN}
 RITC_DOWN = {"ritc": 1, "cams": SHARDS, "eval_cam": 1, "cam_compare": 1, **CRF_DOWN}
 TEXT_DOWN = {"text_features": 1, **RITC_DOWN}
+QAPE_DOWN = {"qape": SHARDS, "corpus": 1, **TEXT_DOWN}
 # The baseline's own CAMs and their evaluation too; the demo's IRN and seg start from it.
 BASELINE_DOWN = {"train_cam": 1, **RITC_DOWN, "cams": 2 * SHARDS, "eval_cam": 2}
 EVERY_JOB = {
@@ -125,6 +126,8 @@ def own_copy(workflow: Path, tmp_path: Path) -> Path:
         ("crf:\n  fg_threshold: 0.10\n  bg_threshold: 0.30\n", CRF_DOWN),  # swapped
         ("crf:\n  gaussian_compat: 5\n", CRF_DOWN),  # 5 is crf.bilateral_srgb
         ("pseudo_masks:\n  beta: 8\n", PSEUDO_DOWN),  # 8 is pseudo_masks.exp_times
+        ("qape:\n  num_beams: 1\n", QAPE_DOWN),  # 1 is qape.min_length
+        ("text:\n  prompt: 'ViT-tiny {}'\n", TEXT_DOWN),  # beside the architecture name
     ],
 )
 def test_a_value_another_setting_holds_is_still_a_change(workflow, text, expected):
