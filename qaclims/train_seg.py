@@ -1,12 +1,12 @@
-"""Final segmentation: DeepLabV3 trained on the pseudo masks, scored on the seg split (§8).
+"""Final segmentation: DeepLab (`seg.arch`) trained on the pseudo masks (§8).
 
 Input: the manifest, the class names and the pseudo-mask folders. Training: the train split's
 images with their pseudo masks, random rescale in `scale_range` (image bicubic, masks
 nearest), flip and crop (padding ignored), cross-entropy with 255 ignored, poly-LR SGD with
 the head at `head_lr` (CLIMS's deeplab-pytorch recipe: 2.5e-4, 10× head, momentum 0.9,
-weight decay 5e-4). Evaluation: every seg-split image with a ground-truth mask, whole image,
-single scale, no CRF (the paper adds multi-scale inference and CRF post-processing).
-Output: `models/seg.pt` (state dict) and `eval/seg.json` (mIoU, per-class IoU).
+weight decay 5e-4). Output: `models/seg.pt` (state dict) and `models/seg_training.json`
+(the training summary: steps, last loss). Scoring is stage eval_seg's (qaclims.eval_seg), so
+a new test-time protocol never retrains the model.
 """
 
 from __future__ import annotations
@@ -19,18 +19,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from qaclims.atomic import atomic_path
-from qaclims.augment import normalize
-from qaclims.devices import PRECISIONS, autocast, pick_device
+from qaclims.devices import PRECISIONS, pick_device
 from qaclims.digest import code_digest
-from qaclims.errors import InputError
-from qaclims.images import read_label_map, read_rgb
-from qaclims.labelled import IGNORE, LabelledImages, iou_report
-from qaclims.metrics import ConfusionMeter
-from qaclims.models.seg_net import build_seg_net, param_groups
-from qaclims.tables import read_class_names, read_manifest
+from qaclims.labelled import IGNORE, LabelledImages
+from qaclims.models.seg_net import ARCHS, build_seg_net, param_groups
+from qaclims.tables import read_class_names
 from qaclims.trainer import NOT_RUN_SETTINGS, run_key, train
 
 log = logging.getLogger(__name__)
@@ -42,35 +37,6 @@ def _loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str,
     return loss, {"loss": loss.item()}
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    manifest: Path,
-    split: str,
-    names: list[str],
-    device: torch.device,
-    precision: str = "fp32",
-) -> dict[str, object]:
-    """mIoU of whole-image predictions on every `split` image with a ground-truth mask."""
-    rows = read_manifest(
-        manifest, split=split, columns=["image_id", "path", "has_mask", "mask_path"]
-    )
-    rows = [r for r in rows.to_pylist() if r["has_mask"]]
-    if not rows:
-        raise InputError(f"{manifest}: no '{split}' images with a ground-truth mask")
-    model.eval()
-    meter = ConfusionMeter(len(names))
-    for row in tqdm(rows, mininterval=30):
-        gt = read_label_map(row["mask_path"], len(names) - 1)
-        rgb = read_rgb(row["path"])
-        if gt.shape != rgb.shape[:2]:
-            raise InputError(f"{row['mask_path']}: mask is {gt.shape}, image is {rgb.shape[:2]}")
-        with autocast(device, precision):
-            logits = model(normalize(rgb)[None].to(device))["out"]
-        meter.add(logits[0].argmax(dim=0).cpu().numpy(), gt)
-    return iou_report(meter, names, split=split, images=len(rows))
-
-
 def run(
     *,
     manifest: Path,
@@ -80,9 +46,9 @@ def run(
     out_json: Path,
     checkpoint_dir: Path,
     train_split: str,
-    eval_split: str,
     depth: int,
     weights: str | None,
+    arch: str = "deeplabv3",
     crop_size: int,
     scale_range: tuple[float, float],
     batch_size: int,
@@ -95,8 +61,9 @@ def run(
     seed: int,
     workers: int = 0,
     precision: str = "fp32",
+    out_history: Path | None = None,
 ) -> dict[str, object]:
-    """Train DeepLabV3 on the pseudo masks of `train_split`; score it on `eval_split`.
+    """Train `arch` on the pseudo masks of `train_split`; write it and its training summary.
 
     Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`, so new pseudo
     masks never resume a run trained on old ones.
@@ -105,13 +72,13 @@ def run(
     checkpoint_dir = checkpoint_dir / run_key(code=code_digest(__name__), **settings)
     device = pick_device()
     names = ["background", *read_class_names(classes)]
-    log.info("train_seg on %s: ResNet-%d DeepLabV3, crop %d", device, depth, crop_size)
+    log.info("train_seg on %s: ResNet-%d %s, crop %d", device, depth, arch, crop_size)
     dataset = LabelledImages(
         manifest, train_split, masks, len(names) - 1, crop_size=crop_size,
         scale_range=scale_range, flip=True, what="pseudo mask",
     )  # fmt: skip
     torch.manual_seed(seed)
-    model = build_seg_net(len(names), depth=depth, weights=weights)
+    model = build_seg_net(len(names), depth=depth, weights=weights, arch=arch)
     backbone, head = param_groups(model)
     summary = train(
         model=model,
@@ -130,12 +97,11 @@ def run(
         device=device,
         precision=precision,
         batch_key="seg.batch_size",
+        history_path=out_history,
     )
-    report = evaluate(model, manifest, eval_split, names, device, precision)
-    report["training"] = {k: round(v, 6) for k, v in summary.items()}
+    report = {k: round(v, 6) for k, v in summary.items()}
     with atomic_path(out_json) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
-    log.info("segmentation mIoU on %s: %.2f", eval_split, 100 * report["miou"])
     return report
 
 
@@ -144,11 +110,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=Path, required=True)
     p.add_argument("--masks", type=Path, nargs="+", required=True, help="pseudo-mask folders")
     p.add_argument("--out", type=Path, required=True, help="state dict of the trained model")
-    p.add_argument("--out-json", type=Path, required=True)
+    p.add_argument("--out-history", type=Path, default=None, help="per-step loss table (Parquet)")
+    p.add_argument("--out-json", type=Path, required=True, help="training summary")
     p.add_argument("--checkpoint-dir", type=Path, required=True, help="resumable scratch")
     p.add_argument("--train-split", default="train_aug")
-    p.add_argument("--eval-split", default="val")
     p.add_argument("--depth", type=int, default=101)
+    p.add_argument("--arch", choices=ARCHS, default="deeplabv2", help="paper: deeplabv2")
     p.add_argument("--weights", default=None, help="torchvision weight name or a file")
     p.add_argument("--crop-size", type=int, default=321)
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0))
@@ -167,10 +134,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     run(
         manifest=args.manifest, classes=args.classes, masks=args.masks, out=args.out,
+        out_history=args.out_history,
         out_json=args.out_json, checkpoint_dir=args.checkpoint_dir,
-        train_split=args.train_split, eval_split=args.eval_split, depth=args.depth,
-        weights=args.weights, crop_size=args.crop_size, scale_range=tuple(args.scale_range),
-        batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
-        weight_decay=args.weight_decay, momentum=args.momentum, poly_power=args.poly_power,
-        seed=args.seed, workers=args.workers, precision=args.precision,
+        train_split=args.train_split, depth=args.depth,
+        weights=args.weights, arch=args.arch, crop_size=args.crop_size,
+        scale_range=tuple(args.scale_range), batch_size=args.batch_size, epochs=args.epochs,
+        lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay,
+        momentum=args.momentum, poly_power=args.poly_power, seed=args.seed,
+        workers=args.workers, precision=args.precision,
     )  # fmt: skip

@@ -1,5 +1,6 @@
-# Final segmentation on the pseudo masks (optional: seg.enabled), the summary table and the
-# RITC ablation table (optional target `ablation`).
+# Final segmentation on the pseudo masks (optional: seg.enabled), its evaluation under the
+# seg_eval protocol, the VOC test-server export (optional target `export_voc_test`), the
+# summary table and the RITC ablation table (optional target `ablation`).
 
 SEG_WEIGHTS = backbone_source(
     "seg.weights", config["seg"]["depth"], config["seg"]["weights"]
@@ -14,11 +15,8 @@ rule train_seg:
         weights=SEG_WEIGHTS.inputs,
     output:
         model=f"{RESULTS}/models/seg.pt",
-        json=report(
-            f"{RESULTS}/eval/seg.json",
-            caption="../report/seg.rst",
-            category="3. Segmentation",
-        ),
+        history=f"{RESULTS}/train_logs/seg.parquet",
+        json=f"{RESULTS}/models/seg_training.json",
     log:
         f"{LOGS}/train_seg.log",
     benchmark:
@@ -35,7 +33,6 @@ rule train_seg:
             "qaclims.train_seg",
             {
                 "train_split": DATASET["train_split"],
-                "eval_split": DATASET["seg_split"],
                 **section("seg", ("enabled", "workers", "weights")),
             },
             sources={"weights": SEG_WEIGHTS},
@@ -49,7 +46,82 @@ rule train_seg:
         "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
         " {params.launch} train_seg --manifest {input.manifest} --classes {input.classes}"
         " --masks {input.masks} --out {output.model} --out-json {output.json}"
+        " --out-history {output.history}"
         " {params.flags} > {log} 2>&1"
+
+
+rule eval_seg:
+    input:
+        manifest=f"{RESULTS}/manifest.parquet",
+        classes=f"{RESULTS}/classes.parquet",
+        model=f"{RESULTS}/models/seg.pt",
+        training=f"{RESULTS}/models/seg_training.json",
+    output:
+        json=report(
+            f"{RESULTS}/eval/seg.json",
+            caption="../report/seg.rst",
+            category="3. Segmentation",
+        ),
+    log:
+        f"{LOGS}/eval_seg.log",
+    benchmark:
+        f"{BENCH}/eval_seg.tsv"
+    conda:
+        "../envs/qaclims.yaml"
+    threads: config["seg_eval"]["threads"]
+    resources:
+        gpu=config["seg_eval"]["gpu"],
+        mem_mb=MEM["eval_seg"],
+        runtime=240,
+    params:
+        **stage(
+            "qaclims.eval_seg",
+            {"split": DATASET["seg_split"], **seg_eval_values()},
+            threads_flag="threads",
+        ),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
+        " python -m qaclims eval_seg --manifest {input.manifest} --classes {input.classes}"
+        " --model {input.model} --training {input.training} --out-json {output.json}"
+        " {params.flags} > {log} 2>&1"
+
+
+if DATASET["kind"] == "voc12":
+
+    # The VOC2012 test download unpacks into a VOC2012 folder (dataset.test_root, or
+    # dataset.root itself): its list is an input, so a missing one is named by Snakemake.
+    VOC_TEST = Path(DATASET["test_root"] or DATASET["root"])
+
+    rule export_voc_test:
+        input:
+            classes=f"{RESULTS}/classes.parquet",
+            model=f"{RESULTS}/models/seg.pt",
+            test_list=VOC_TEST / "ImageSets/Segmentation/test.txt",
+        output:
+            folder=directory(f"{RESULTS}/voc_test/results"),
+            tar=f"{RESULTS}/voc_test/results.tgz",
+        log:
+            f"{LOGS}/export_voc_test.log",
+        benchmark:
+            f"{BENCH}/export_voc_test.tsv"
+        conda:
+            "../envs/qaclims.yaml"
+        threads: config["seg_eval"]["threads"]
+        resources:
+            gpu=config["seg_eval"]["gpu"],
+            mem_mb=MEM["eval_seg"],
+            runtime=240,
+        params:
+            **stage(
+                "qaclims.export_voc",
+                {"images": str(VOC_TEST / "JPEGImages"), **seg_eval_values()},
+                threads_flag="threads",
+            ),
+        shell:
+            "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
+            " python -m qaclims export_voc --model {input.model} --classes {input.classes}"
+            " --test-list {input.test_list} --out-dir {output.folder} --out-tar {output.tar}"
+            " {params.flags} > {log} 2>&1"
 
 
 # (row name, evaluation report) of each table, in its order.

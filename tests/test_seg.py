@@ -13,10 +13,11 @@ from PIL import Image
 from test_golden_eval import irnet_miou
 from test_irn import write_dataset  # tests/ is on sys.path under pytest's default import mode
 
-from qaclims import eval_masks, summary, train_seg
+from qaclims import eval_masks, eval_seg, summary, train_seg
 from qaclims.augment import normalize
 from qaclims.images import read_label_map, save_label_png
 from qaclims.models.seg_net import build_seg_net, load_seg_net
+from qaclims.seg_predict import Protocol
 
 
 def test_deeplab_output_matches_input_size():
@@ -26,12 +27,18 @@ def test_deeplab_output_matches_input_size():
 
 def test_train_seg_and_eval_write_valid_reports(tmp_path):
     manifest, classes, labels = write_dataset(tmp_path, [(40, 36), (30, 44), (36, 40)], "train", 2)
-    report = train_seg.run(
+    training = train_seg.run(
         manifest=manifest, classes=classes, masks=[labels], out=tmp_path / "seg.pt",
-        out_json=tmp_path / "seg.json", checkpoint_dir=tmp_path / "ck", train_split="train",
-        eval_split="train", depth=18, weights=None, crop_size=32, scale_range=(0.75, 1.25),
+        out_json=tmp_path / "seg_training.json", checkpoint_dir=tmp_path / "ck",
+        train_split="train", depth=18, weights=None, crop_size=32, scale_range=(0.75, 1.25),
         batch_size=2, epochs=2, lr=0.01, head_lr=0.1, weight_decay=5e-4, momentum=0.9,
         poly_power=0.9, seed=0,
+    )  # fmt: skip
+    assert json.loads((tmp_path / "seg_training.json").read_text()) == training
+    report = eval_seg.run(
+        manifest=manifest, classes=classes, model=tmp_path / "seg.pt",
+        out_json=tmp_path / "seg.json", split="train", depth=18,
+        protocol=Protocol((1.0,), False, "max", None), training=tmp_path / "seg_training.json",
     )  # fmt: skip
     stored = json.loads((tmp_path / "seg.json").read_text())
     assert stored["miou"] == report["miou"] and 0.0 <= stored["miou"] <= 1.0
@@ -69,8 +76,9 @@ def test_train_seg_and_eval_write_valid_reports(tmp_path):
     assert masks["miou"] == pytest.approx(1.0)
     panels = sorted((tmp_path / "samples").glob("*.png"))
     assert len(panels) == 2
-    height, width = np.asarray(Image.open(labels / f"{panels[0].stem}.png")).shape
-    assert np.asarray(Image.open(panels[0])).shape == (height, 3 * width, 3)
+    assert [p.stem for p in panels] == sorted(p.stem for p in labels.glob("*.png"))[:2]
+    width, height = Image.open(panels[0]).size  # image | GT | pseudo mask | errors
+    assert width > 2 * height
     (tmp_path / "cam.json").write_text(json.dumps({"split": "train", "images": 3, "miou": 0.25}))
     rows = summary.run(
         stages=["CAM", "pseudo mask", "segmentation"],
