@@ -99,11 +99,13 @@ def run(
     seed: int,
     workers: int = 0,
     precision: str = "fp32",
+    out_history: Path | None = None,
 ) -> dict[str, float]:
     """Train the baseline CAM classifier on `split`; write its state dict to `out`.
 
     Returns the trainer's summary plus the training-set label accuracy and exact match.
-    Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`.
+    Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`; the per-step
+    losses to `out_history` (`qaclims.history`).
     """
     settings = {k: v for k, v in locals().items() if k not in NOT_RUN_SETTINGS}
     checkpoint_dir = checkpoint_dir / run_key(code=code_digest(__name__), **settings)
@@ -134,6 +136,7 @@ def run(
         device=device,
         precision=precision,
         batch_key="cam.batch_size",
+        history_path=out_history,
     )
     plain = ManifestImages(manifest, split, len(names), crop_size=crop_size, augment=False)
     summary.update(label_accuracy(model, plain, device, precision))
@@ -151,6 +154,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--classes", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="state dict of the trained CAMNet")
+    p.add_argument("--out-history", type=Path, default=None, help="per-step loss table (Parquet)")
     p.add_argument("--checkpoint-dir", type=Path, required=True, help="resumable scratch")
     p.add_argument("--split", default="train_aug")
     p.add_argument("--depth", type=int, default=50)
@@ -175,6 +179,7 @@ def main(args: argparse.Namespace) -> None:
         manifest=args.manifest,
         classes=args.classes,
         out=args.out,
+        out_history=args.out_history,
         checkpoint_dir=args.checkpoint_dir,
         split=args.split,
         depth=args.depth,

@@ -133,11 +133,12 @@ def run(
     poly_power: float,
     seed: int,
     workers: int = 0,
+    out_history: Path | None = None,
 ) -> dict[str, float]:
     """Train IRNet on the IR labels of `split`; write its state dict (with mean shift) to `out`.
 
     Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`, so new IR labels
-    never resume a run trained on old ones.
+    never resume a run trained on old ones; the per-step losses go to `out_history`.
     """
     settings = {k: v for k, v in locals().items() if k not in NOT_RUN_SETTINGS}
     checkpoint_dir = checkpoint_dir / run_key(code=code_digest(__name__), **settings)
@@ -178,6 +179,7 @@ def run(
         device=device,
         precision=precision,
         batch_key="irn.batch_size",
+        history_path=out_history,
     )
     plain = LabelledImages(
         manifest, split, ir_labels, num_classes, crop_size=crop_size, scale_range=None,
@@ -198,6 +200,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=Path, required=True)
     p.add_argument("--ir-labels", type=Path, nargs="+", required=True, help="IR-label folders")
     p.add_argument("--out", type=Path, required=True, help="state dict of the trained IRNet")
+    p.add_argument("--out-history", type=Path, default=None, help="per-step loss table (Parquet)")
     p.add_argument("--checkpoint-dir", type=Path, required=True, help="resumable scratch")
     p.add_argument("--split", default="train_aug")
     p.add_argument("--depth", type=int, default=50)
@@ -221,6 +224,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     summary = run(
         manifest=args.manifest, classes=args.classes, ir_labels=args.ir_labels, out=args.out,
+        out_history=args.out_history,
         checkpoint_dir=args.checkpoint_dir, split=args.split, depth=args.depth,
         weights=args.weights, crop_size=args.crop_size, scale_range=tuple(args.scale_range),
         radius=args.radius,

@@ -20,6 +20,9 @@ Design choices:
 - A checkpoint is only resumed when its fingerprint (the initial weights and the schedule
   settings) matches the current run, so a changed config or input never resumes stale
   state from the scratch folder.
+- Every optimiser step leaves a row in the run's history (step, epoch, LRs, loss terms),
+  kept in each checkpoint as plain dicts of numbers, so a killed and resumed run writes the same
+  complete table (`history_path`, Parquet) as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -44,13 +47,14 @@ from qaclims.atomic import atomic_path
 from qaclims.devices import autocast, autocast_dtype, pick_device
 from qaclims.errors import InputError
 from qaclims.fingerprint import sha256_file
+from qaclims.history import history_row, write_history
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_GLOB = "epoch-*.pt"
 # run() arguments that are no part of a run's identity: where outputs go, and speed knobs
 # (results do not depend on the number of loader workers: `_SeededSamples`).
-NOT_RUN_SETTINGS = ("out", "out_json", "checkpoint_dir", "workers")
+NOT_RUN_SETTINGS = ("out", "out_json", "out_history", "checkpoint_dir", "workers")
 RUN_KEY_LENGTH = 16
 
 
@@ -248,6 +252,7 @@ def train(
     collate_fn: Callable | None = None,
     log_every: int = 10,
     batch_key: str | None = None,
+    history_path: Path | None = None,
 ) -> dict[str, float]:
     """Train `model` with poly-LR SGD; resume from `checkpoint_dir`; save weights to `out_path`.
 
@@ -255,8 +260,9 @@ def train(
     loss and its named terms (floats, for the log). `param_groups` are SGD groups whose
     "lr" is the initial LR of the poly schedule. `batch_key` names the config key of
     `batch_size` (e.g. "cam.batch_size"), so that a dataset smaller than one batch says
-    what to lower. Returns the number of steps, the mean loss terms of the last epoch, the
-    wall time and the throughput.
+    what to lower. `history_path` gets the per-step table (`qaclims.history`), written by
+    rank 0 with the terms rank 0 saw. Returns the number of steps, the mean loss terms of
+    the last epoch, the wall time and the throughput.
     """
     rank, world, owns_group = _distributed(device)
     if batch_size % world:
@@ -303,18 +309,25 @@ def train(
     )
 
     step, start_epoch = 0, 0
+    history: list[dict[str, float]] = []
     latest = _latest_checkpoint(checkpoint_dir)
     if latest is not None:
         state = torch.load(latest, map_location=device, weights_only=True)
-        if state["fingerprint"] == fingerprint:
+        # A checkpoint without its history would leave the table's first epochs out.
+        if state["fingerprint"] == fingerprint and "history" in state:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             step, start_epoch = state["step"], state["epoch"]
+            history = list(state["history"])
             log.info("resumed from %s (epoch %d, step %d)", latest, start_epoch, step)
             if start_epoch >= epochs:
                 log.info("that run had finished: its weights are written again, no step runs")
         else:
-            log.warning("ignoring %s: it belongs to another run (weights or settings)", latest)
+            log.warning(
+                "ignoring %s: it belongs to another run (weights or settings) or has no "
+                "loss history",
+                latest,
+            )
     if world > 1:
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, 0)
@@ -364,6 +377,8 @@ def train(
                 group["lr"] = group["initial_lr"] * (1 - step / max_step) ** poly_power
             with autocast(device, precision):
                 loss, terms = loss_fn(model, batch)
+            if rank == 0:  # the terms' .item() already synchronised: loss is computed
+                history.append(history_row(step + 1, epoch + 1, optimizer, loss, terms))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if world > 1:
@@ -394,11 +409,16 @@ def train(
                 window, window_start, window_steps = {}, time.perf_counter(), 0
         epoch_terms = {k: v / steps_per_epoch for k, v in sums.items()}
         if rank == 0:
-            _save_checkpoint(checkpoint_dir, model, optimizer, step, epoch + 1, seed, fingerprint)
+            _save_checkpoint(
+                checkpoint_dir, model, optimizer, step, epoch + 1, seed, fingerprint, history
+            )
         if world > 1:
             dist.barrier()
 
     if rank == 0:
+        if history_path is not None:
+            write_history(history, history_path)
+            log.info("saved %s (%d steps)", history_path, len(history))
         with atomic_path(out_path) as tmp:
             torch.save(model.state_dict(), tmp)
         log.info("saved %s", out_path)
@@ -422,6 +442,7 @@ def _save_checkpoint(
     epoch: int,
     seed: int,
     fingerprint: str,
+    history: list[dict[str, float]],
 ) -> None:
     """Write epoch-NNNN.pt atomically, then drop older ones (they are never read again)."""
     path = checkpoint_dir / f"epoch-{epoch:04d}.pt"
@@ -432,6 +453,7 @@ def _save_checkpoint(
         "epoch": epoch,
         "seed": seed,
         "fingerprint": fingerprint,
+        "history": history,
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

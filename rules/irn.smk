@@ -12,7 +12,8 @@ rule train_irn:
         ir_labels=expand(f"{RESULTS}/ir_labels/shard-{{shard}}", shard=SHARDS),
         weights=IRN_WEIGHTS.inputs,
     output:
-        f"{RESULTS}/models/irn.pt",
+        model=f"{RESULTS}/models/irn.pt",
+        history=f"{RESULTS}/train_logs/irn.parquet",
     log:
         f"{LOGS}/train_irn.log",
     benchmark:
@@ -41,7 +42,8 @@ rule train_irn:
     shell:
         "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
         " {params.launch} train_irn --manifest {input.manifest} --classes {input.classes}"
-        " --ir-labels {input.ir_labels} --out {output} {params.flags} > {log} 2>&1"
+        " --ir-labels {input.ir_labels} --out {output.model}"
+        " --out-history {output.history} {params.flags} > {log} 2>&1"
 
 
 rule pseudo_masks:

@@ -13,7 +13,8 @@ rule train_cam:
         classes=f"{RESULTS}/classes.parquet",
         weights=CAM_WEIGHTS.inputs,
     output:
-        f"{RESULTS}/models/cam_baseline.pt",
+        model=f"{RESULTS}/models/cam_baseline.pt",
+        history=f"{RESULTS}/train_logs/cam_baseline.parquet",
     log:
         f"{LOGS}/train_cam.log",
     benchmark:
@@ -42,7 +43,8 @@ rule train_cam:
     shell:
         "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
         " {params.launch} train_cam --manifest {input.manifest}"
-        " --classes {input.classes} --out {output} {params.flags} > {log} 2>&1"
+        " --classes {input.classes} --out {output.model}"
+        " --out-history {output.history} {params.flags} > {log} 2>&1"
 
 
 # RITC starts from the baseline trained here, or from a released one (cam.released).
@@ -88,7 +90,8 @@ rule ritc:
         clip_config=CLIP_CONFIG.inputs,
         ovseg=OVSEG.inputs,
     output:
-        f"{RESULTS}/models/ritc{{variant}}.pt",
+        model=f"{RESULTS}/models/ritc{{variant}}.pt",
+        history=f"{RESULTS}/train_logs/ritc{{variant}}.parquet",
     log:
         f"{LOGS}/ritc{{variant}}.log",
     benchmark:
@@ -109,4 +112,5 @@ rule ritc:
         "OMP_NUM_THREADS={threads} python -m qaclims.gpu_binding {resources.gpu} --"
         " {params.launch} ritc --manifest {input.manifest} --classes {input.classes}"
         " --corpus-fg {input.fg} --corpus-bg {input.bg}"
-        " --features {input.features} --out {output} {params.flags} > {log} 2>&1"
+        " --features {input.features} --out {output.model}"
+        " --out-history {output.history} {params.flags} > {log} 2>&1"

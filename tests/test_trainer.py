@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -110,6 +111,58 @@ def test_killed_and_restarted_run_is_bit_identical(tmp_path, workers):
     assert not torch.equal(full["0.weight"], _model()[0].weight.detach())
 
 
+def _weighted_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """Total 2 × BCE with the BCE as the only term: the table's `loss` is what was stepped."""
+    loss, terms = _loss(model, batch)
+    return 2 * loss, terms
+
+
+def test_history_has_one_row_per_step_with_lrs_terms_and_total(tmp_path):
+    seen = []
+
+    def recorded(model, batch):
+        loss, terms = _weighted_loss(model, batch)
+        seen.append((loss.item(), terms["bce"]))
+        return loss, terms
+
+    _train(tmp_path, _model(), loss_fn=recorded, history_path=tmp_path / "h.parquet")
+    table = pq.read_table(tmp_path / "h.parquet").to_pydict()
+    assert list(table) == ["step", "epoch", "lr", "lr_group_1", "bce", "loss"]
+    assert table["step"] == [1, 2, 3, 4, 5, 6]
+    assert table["epoch"] == [1, 1, 1, 2, 2, 2]
+    for t in range(6):
+        assert table["lr"][t] == pytest.approx(0.1 * (1 - t / 6) ** 0.9)
+        assert table["lr_group_1"][t] == pytest.approx(1.0 * (1 - t / 6) ** 0.9)
+    assert table["loss"] == [total for total, _ in seen]
+    assert table["bce"] == [bce for _, bce in seen]
+    assert table["loss"] != table["bce"]
+
+
+def test_killed_and_resumed_run_writes_the_whole_history(tmp_path):
+    _train(tmp_path / "full", _model(), loss_fn=_weighted_loss, history_path=tmp_path / "full.pq")
+    calls = []
+
+    def dies_in_epoch_two(model, batch):
+        calls.append(1)
+        if len(calls) == 4:
+            raise Killed
+        return _weighted_loss(model, batch)
+
+    cut = tmp_path / "cut.pq"
+    with pytest.raises(Killed):
+        _train(tmp_path / "cut", _model(), loss_fn=dies_in_epoch_two, history_path=cut)
+    assert not cut.exists()
+    _train(tmp_path / "cut", _model(), loss_fn=_weighted_loss, history_path=cut)
+    full = pq.read_table(tmp_path / "full.pq")
+    assert full.num_rows == 6
+    assert pq.read_table(cut).equals(full)
+    cut.unlink()  # a finished run rerun: no step runs, the table is written again
+    assert (
+        _train(tmp_path / "cut", _model(), loss_fn=_weighted_loss, history_path=cut)["steps"] == 6
+    )
+    assert pq.read_table(cut).equals(full)
+
+
 def test_weights_do_not_depend_on_the_number_of_loader_workers(tmp_path):
     """Augmentation noise is drawn per sample: which process draws it does not matter."""
     _train(tmp_path / "zero", _model(), workers=0)
@@ -146,7 +199,14 @@ def _rank_main(rank: int, tmp: str, port: int) -> None:
         WORLD_SIZE="2", RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     torch.set_num_threads(1)
-    _train(Path(tmp), _model(bn=False), dataset=NoisyPoints(noise=0.0), batch_size=12, epochs=3)
+    _train(
+        Path(tmp),
+        _model(bn=False),
+        dataset=NoisyPoints(noise=0.0),
+        batch_size=12,
+        epochs=3,
+        history_path=Path(tmp) / "history.parquet",
+    )
     assert not torch.distributed.is_initialized()  # the trainer closes the group it opened
 
 
@@ -160,6 +220,8 @@ def test_two_gloo_processes_match_one(tmp_path):
     one = torch.load(tmp_path / "one" / "out.pt", weights_only=True)
     assert all(torch.allclose(ddp[k], one[k], atol=1e-6) for k in one)
     assert not torch.allclose(one["0.weight"], _model(bn=False)[0].weight.detach())
+    # rank 0 writes the table; rank 1 keeps no rows and must not overwrite it
+    assert pq.read_table(tmp_path / "ddp" / "history.parquet")["step"].to_pylist() == [1, 2, 3]
 
 
 def test_run_key_changes_with_settings_and_inputs(tmp_path):
