@@ -1,9 +1,10 @@
 """QAPE VQA answers of one shard: every FG and BG question about every present class.
 
-ALGORITHM §1. In: the manifest (train split, one shard), classes.parquet and a BLIP VQA
-model. Out: qape/fg/shard-K.parquet and qape/bg/shard-K.parquet (QAPE_SCHEMA, one row
-per image, class and question, raw answer and its noun lemma; the model id in the file
-metadata).
+ALGORITHM §1. In: the manifest (train split, one shard), classes.parquet and a VQA model
+(BLIP, or an instruction VLM: `qaclims/vqa_backends.py`). Out: qape/fg/shard-K.parquet and
+qape/bg/shard-K.parquet (QAPE_SCHEMA, one row per image, class and question, the answer
+(an instruction VLM's reply shortened, `qaclims/short_answer.py`) and its noun lemma; the
+model id in the file metadata).
 
 Answers are reused per (image content, question) from the answer store
 (`qaclims/answer_store.py`), keyed by the model's fingerprint, the answering settings and
@@ -15,7 +16,6 @@ pairs were answered and how many reused.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import logging
 import sys
@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from qaclims import fingerprint, vqa_answers
+from qaclims import fingerprint, vqa_answers, vqa_backends
 from qaclims.answer_store import AnswerStore, image_sha, store_key
 from qaclims.devices import PRECISIONS, limit_cpu_threads, pick_device
 from qaclims.digest import code_digest, library_versions
@@ -79,14 +79,12 @@ def make_lemmatizer(kind: str, wordnet_dir: Path | None = None) -> Callable[[str
 
 
 def answer_setup(model: str, answering: vqa_answers.Answering) -> dict:
-    """What the answer store is keyed by: model fingerprint, settings, code, libraries."""
+    """What the answer store is keyed by: model fingerprint, the settings its backend
+    uses (`vqa_backends.setup`), code, libraries."""
+    backend = vqa_backends.select(model, answering.backend)
     return {
         "model": fingerprint.vqa_identity(model, fingerprint.DigestCache.from_env()),
-        "image_size": answering.image_size,
-        "decoding": dataclasses.asdict(answering.decoding),
-        "enc_token": answering.enc_token,
-        "max_question_tokens": answering.max_question_tokens,
-        "precision": answering.precision,
+        **vqa_backends.setup(backend, answering),
         "code": code_digest(ANSWERING_CODE, entry=False),
         "libraries": library_versions(ANSWERING_CODE),
     }
@@ -121,6 +119,10 @@ def run(
     enc_token: bool = True,
     max_question_tokens: int = 35,
     precision: str = "fp32",
+    backend: str = "auto",
+    prompt: str = vqa_backends.DEFAULT_PROMPT,
+    max_new_tokens: int = 10,
+    answer_words: int = 3,
     lemmatizer: str = "lemminflect",
     wordnet_dir: Path | None = None,
     batch_images: int = 8,
@@ -159,6 +161,8 @@ def run(
         enc_token=enc_token,
         max_question_tokens=max_question_tokens,
         precision=precision,
+        backend=backend,
+        prompting=vqa_backends.Prompting(prompt, max_new_tokens, answer_words),
     )
     start = time.perf_counter()
     answers = AnswerStore(
@@ -183,17 +187,16 @@ def run(
     )  # fmt: skip
     if todo:
         device = pick_device()
-        vqa, processor = blip.load_vqa(model, device)
-        log.info("VQA on %s, %s, %d px, %d workers", device, answering, image_size, workers)
+        vqa = vqa_backends.load(model, device, answering)
+        log.info("VQA (%s) on %s, %s, %d workers", vqa.name, device, answering, workers)
         with tqdm(total=len(todo), mininterval=30, file=sys.stderr, unit="img") as bar:
             for c in range(0, len(todo), chunk_images):
                 chunk = todo[c : c + chunk_images]
                 requests = [(rows[i]["path"], missing) for i, missing in chunk]
-                replies = vqa_answers.answer(
+                replies = vqa_answers.ask(
                     vqa,
-                    processor,
                     requests,
-                    answering,
+                    precision=precision,
                     batch_images=batch_images,
                     workers=workers,
                     progress=bar.update,
@@ -277,6 +280,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enc-token", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--max-question-tokens", type=int, default=35)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: CUDA autocast")
+    p.add_argument("--backend", choices=vqa_backends.CHOICES, default="auto", help="qape.backend")
+    p.add_argument("--prompt", default=vqa_backends.DEFAULT_PROMPT, help="instruction VLMs")
+    p.add_argument("--max-new-tokens", type=int, default=10, help="instruction VLMs")
+    p.add_argument("--answer-words", type=int, default=3, help="instruction VLMs")
     p.add_argument("--lemmatizer", choices=LEMMATIZERS, default="lemminflect")
     p.add_argument("--wordnet-dir", type=Path, default=None)
     p.add_argument("--batch-images", type=int, default=8)
@@ -305,6 +312,10 @@ def main(args: argparse.Namespace) -> None:
         enc_token=args.enc_token,
         max_question_tokens=args.max_question_tokens,
         precision=args.precision,
+        backend=args.backend,
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        answer_words=args.answer_words,
         lemmatizer=args.lemmatizer,
         wordnet_dir=args.wordnet_dir,
         batch_images=args.batch_images,

@@ -89,6 +89,10 @@ rule qape:
                         "enc_token",
                         "max_question_tokens",
                         "precision",
+                        "backend",
+                        "prompt",
+                        "max_new_tokens",
+                        "answer_words",
                         "lemmatizer",
                         "wordnet_dir",
                     )

@@ -12,7 +12,6 @@ image are projected once per image, not once per question.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import types
 from dataclasses import dataclass
@@ -21,13 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
-# Read when huggingface_hub is imported: without it a hub id that is not in the local
-# cache retries DNS for minutes before failing. A user who set either variable wins.
-if "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
 from transformers import (
     BertTokenizer,
     BlipConfig,
@@ -65,7 +57,7 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
 
 
-def _check_folder(folder: Path) -> None:
+def check_folder(folder: Path) -> None:
     """A local model folder must hold what from_pretrained needs; name what is missing."""
     if not folder.is_dir():
         raise InputError(f"{folder}: VQA model folder not found")
@@ -94,22 +86,25 @@ def load_vqa(name: str, device: torch.device) -> tuple[BlipForQuestionAnswering,
     path = Path(name).expanduser()
     local = path.exists() or not _looks_like_hub_id(name)
     if local:
-        _check_folder(path)
+        check_folder(path)
     source = str(path) if local else name
     try:
         processor = BlipProcessor.from_pretrained(source)
         model = BlipForQuestionAnswering.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError) as err:
-        if local:
-            raise InputError(f"{path}: cannot load the VQA model folder ({err})") from err
-        if not (fingerprint.hf_hub_cache() / f"models--{name.replace('/', '--')}").is_dir():
-            raise fingerprint.missing_vqa(name) from err  # a missing folder or an uncached id
-        raise InputError(
-            f"VQA model '{name}': cannot load it from the local cache ({err})"
-        ) from err
+        raise load_failure(name, path, local, err) from err
     model.to(device).eval()
     fix_cross_attention_mask(model)
     return model, processor
+
+
+def load_failure(name: str, path: Path, local: bool, err: Exception) -> InputError:
+    """What a failed from_pretrained of `models.vqa` means: a bad folder or an uncached id."""
+    if local:
+        return InputError(f"{path}: cannot load the VQA model folder ({err})")
+    if not (fingerprint.hf_hub_cache() / f"models--{name.replace('/', '--')}").is_dir():
+        return fingerprint.missing_vqa(name)  # a missing folder or an uncached id
+    return InputError(f"VQA model '{name}': cannot load it from the local cache ({err})")
 
 
 def _cross_attention_forward(
