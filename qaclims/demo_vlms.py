@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 import open_clip
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN as CLIP_MEAN
+from open_clip.constants import OPENAI_DATASET_STD as CLIP_STD
 from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
@@ -44,7 +46,6 @@ from qaclims.datasets import demo_world
 from qaclims.models import blip, clip_text
 from qaclims.models.mask_clip import MaskCLIPImage
 from qaclims.qape import make_lemmatizer
-from qaclims.ritc import CLIP_MEAN, CLIP_STD
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from qaclims.errors import InputError
 
 CACHE_ENV = "QACLIMS_DIGEST_CACHE"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
 VQA_MARKERS = ("config.json",)
 
 
@@ -242,12 +243,46 @@ def looks_like_file(name: str) -> bool:
     return os.sep in name or name.endswith((".safetensors", ".pt", ".pth", ".bin", ".json"))
 
 
-def _open_clip_config_names() -> list[str]:
+def _open_clip_config_folder() -> Path | None:
     spec = util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        return []
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model_configs"
-    return sorted(p.stem for p in folder.glob("*.json"))
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "model_configs"
+
+
+def _open_clip_config_names() -> list[str]:
+    folder = _open_clip_config_folder()
+    return sorted(p.stem for p in folder.glob("*.json")) if folder else []
+
+
+def _hf_tokenizer_name(architecture: str, config_json: str | None) -> str | None:
+    """`text_cfg.hf_tokenizer_name` of the architecture (SigLIP's and the like), if any.
+
+    An unreadable or not yet built config JSON names none here: loading it reports it.
+    """
+    if config_json is not None:
+        path = Path(config_json)
+    else:
+        folder = _open_clip_config_folder()
+        if folder is None:
+            return None
+        path = folder / f"{architecture}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    data = data.get("model_cfg", data) if isinstance(data, dict) else {}
+    text_cfg = data.get("text_cfg") if isinstance(data, dict) else None
+    return (text_cfg or {}).get("hf_tokenizer_name") or None
+
+
+def tokenizer_identity(name: str, cache: DigestCache) -> dict[str, str]:
+    """An HF tokenizer open_clip loads by name: a local folder by digest, a hub id by revision."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return {"tokenizer_folder": cache.folder(path)}
+    what = "HF tokenizer (text_cfg.hf_tokenizer_name of models.clip)"
+    return {"tokenizer": name, "tokenizer_revision": hub_revision(name, HF_TOKENIZER_FILES, what)}
 
 
 def _open_clip_tag(architecture: str, tag: str) -> dict[str, str]:
@@ -263,12 +298,25 @@ def _open_clip_tag(architecture: str, tag: str) -> dict[str, str]:
 def clip_identity(
     architecture: str, pretrained: str, config_json: str | None, cache: DigestCache
 ) -> dict[str, Any]:
-    """open_clip weights: a file by digest, a tag by the cached file it resolves to."""
+    """open_clip weights: a file by digest, a tag by the cached file it resolves to.
+
+    An HF tokenizer (SigLIP's) from another repo than the weights is identified too: it
+    shapes the text features as much as the weights do.
+    """
     if config_json is None and architecture not in _open_clip_config_names():
         raise InputError(
             f"open_clip architecture '{architecture}' (models.clip.architecture) is unknown; "
             "give its config JSON (models.clip_config) for a custom one"
         )
+    identity = _clip_weights_identity(architecture, pretrained, cache)
+    tokenizer = _hf_tokenizer_name(architecture, config_json)
+    if tokenizer and tokenizer.rstrip("/") != identity.get("hub"):
+        identity |= tokenizer_identity(tokenizer, cache)
+    return identity
+
+
+def _clip_weights_identity(architecture: str, pretrained: str, cache: DigestCache) -> dict:
+    """The weights alone: a file by digest, a tag by the cached file or snapshot."""
     if looks_like_file(pretrained):
         return file_identity(pretrained, "CLIP weights file (models.clip.pretrained)", cache)
     key = f"open_clip {_version('open_clip_torch')} {architecture} {pretrained}"

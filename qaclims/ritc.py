@@ -29,15 +29,12 @@ from qaclims.devices import PRECISIONS
 from qaclims.digest import code_digest
 from qaclims.errors import InputError
 from qaclims.models.cam_net import load_cam_net
-from qaclims.models.mask_clip import MaskCLIPImage, load_image_tower
+from qaclims.models.mask_clip import MaskCLIPImage, PlainCLIPImage, load_image_tower
 from qaclims.pair_text import PairTexts, load_pair_texts
 from qaclims.tables import read_class_names
 from qaclims.trainer import NOT_RUN_SETTINGS, rank_device, run_key, train
 
 log = logging.getLogger(__name__)
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def fat_mask(maps: Tensor, alpha: float) -> Tensor:
@@ -73,7 +70,7 @@ def contrastive_losses(
 class RITCLoss:
     """loss_fn for `trainer.train`: the RITC loss of one batch, vectorised over its pairs."""
 
-    clip: MaskCLIPImage
+    clip: MaskCLIPImage | PlainCLIPImage
     texts: PairTexts
     alpha: float = 0.1
     tau: float = 0.7
@@ -89,13 +86,16 @@ class RITCLoss:
             raise InputError(f"clip_input_norm '{self.clip_input_norm}' is not imagenet or clip")
 
     def clip_input(self, x: Tensor) -> Tensor:
-        """The ImageNet-normalised crop at CLIP size, re-normalised for CLIP if asked."""
+        """The ImageNet-normalised crop at CLIP size, re-normalised for CLIP if asked.
+
+        "clip" uses the loaded model's own mean and std (OpenAI's for CLIP, 0.5 for SigLIP).
+        """
         size = self.clip.image_size
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
         if self.clip_input_norm == "clip":
             shape = (1, 3, 1, 1)
             imagenet_std, imagenet_mean = x.new_tensor(IMAGENET_STD), x.new_tensor(IMAGENET_MEAN)
-            clip_std, clip_mean = x.new_tensor(CLIP_STD), x.new_tensor(CLIP_MEAN)
+            clip_std, clip_mean = x.new_tensor(self.clip.std), x.new_tensor(self.clip.mean)
             pixels = x * imagenet_std.view(shape) + imagenet_mean.view(shape)
             x = (pixels - clip_mean.view(shape)) / clip_std.view(shape)
         return x
@@ -177,11 +177,13 @@ def run(
     precision: str = "fp32",
     seed: int,
     workers: int = 0,
+    out_history: Path | None = None,
 ) -> dict[str, float]:
     """Train the CAM network with RITC from `baseline`; write its state dict to `out`.
 
     `clip_mode` is "mask_adapted" (OV-Seg mask prompts, §4) or "plain".
-    Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`.
+    Checkpoints go to a subfolder of `checkpoint_dir` named by `run_key`; the per-step
+    L_FRC, L_BRC, L_REG and total to `out_history` (`qaclims.history`).
     """
     settings = {k: v for k, v in locals().items() if k not in NOT_RUN_SETTINGS}
     checkpoint_dir = checkpoint_dir / run_key(code=code_digest(__name__), **settings)
@@ -223,6 +225,7 @@ def run(
         config_json=clip_config,
         ovseg=ovseg,
         mask_prompt_depth=depth_prompts,
+        mask_adapted=clip_mode == "mask_adapted",
     )
     if clip.output_dim != texts.fg.shape[1]:
         raise InputError(
@@ -266,6 +269,7 @@ def run(
         device=device,
         precision=precision,
         batch_key="ritc.batch_size",
+        history_path=out_history,
     )
 
 
@@ -277,6 +281,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus-bg", type=Path, required=True)
     p.add_argument("--features", type=Path, required=True, help="text/features.parquet")
     p.add_argument("--out", type=Path, required=True, help="state dict of the RITC CAMNet")
+    p.add_argument("--out-history", type=Path, default=None, help="per-step loss table (Parquet)")
     p.add_argument("--checkpoint-dir", type=Path, required=True, help="resumable scratch")
     p.add_argument("--split", default="train_aug")
     p.add_argument("--depth", type=int, default=50)
@@ -329,6 +334,7 @@ def main(args: argparse.Namespace) -> None:
         corpus_bg=args.corpus_bg,
         features=args.features,
         out=args.out,
+        out_history=args.out_history,
         checkpoint_dir=args.checkpoint_dir,
         split=args.split,
         depth=args.depth,

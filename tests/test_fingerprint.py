@@ -142,3 +142,32 @@ def test_missing_relative_vqa_folder_is_a_missing_folder_not_a_download(tmp_path
         fingerprint.vqa_identity("elsewhere/vqa", DigestCache())
     _fake_hub_repo(tmp_path / "hub", "local_models/vqa", {"config.json": b"{}"}, "abc123")
     assert fingerprint.vqa_identity("local_models/vqa", DigestCache())["hub"] == "local_models/vqa"
+
+
+def test_clip_hf_tokenizer_is_part_of_the_identity(tmp_path, monkeypatch):
+    """SigLIP-style configs name an HF tokenizer: its snapshot (or folder) is identified too."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    cache = DigestCache(tmp_path / "digests.json")
+    weights = tmp_path / "sig-lip-x.safetensors"
+    weights.write_bytes(b"w")
+    config = tmp_path / "sig-lip-x.json"
+    config.write_text(json.dumps({"text_cfg": {"hf_tokenizer_name": "org/tok"}}))
+    with pytest.raises(InputError, match=r"HF tokenizer .* 'org/tok' is not in the local"):
+        fingerprint.clip_identity("sig-lip-x", str(weights), str(config), cache)
+    _fake_hub_repo(tmp_path / "hub", "org/tok", {"tokenizer.json": b"{}"}, "t1")
+    identity = fingerprint.clip_identity("sig-lip-x", str(weights), str(config), cache)
+    assert identity == {**identity, "tokenizer": "org/tok", "tokenizer_revision": "t1"}
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text("{}")
+    config.write_text(json.dumps({"model_cfg": {"text_cfg": {"hf_tokenizer_name": str(folder)}}}))
+    first = fingerprint.clip_identity("sig-lip-x", str(weights), str(config), cache)
+    (folder / "tokenizer.json").write_text('{"other": 1}')
+    second = fingerprint.clip_identity("sig-lip-x", str(weights), str(config), cache)
+    assert "tokenizer_folder" in first and first != second
+    # A built-in SigLIP's tokenizer lives in its weights' repo: the revision covers both.
+    _fake_hub_repo(
+        tmp_path / "hub", "timm/ViT-B-16-SigLIP", {"open_clip_model.safetensors": b"w"}, "r9"
+    )
+    identity = fingerprint.clip_identity("ViT-B-16-SigLIP", "webli", None, cache)
+    assert identity == {"tag": "webli", "hub": "timm/ViT-B-16-SigLIP", "revision": "r9"}

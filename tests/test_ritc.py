@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -14,9 +15,10 @@ from test_pair_text import CLASSES, PROMPT, write_corpus
 from torch.nn import functional as F
 
 from qaclims import ritc
+from qaclims.errors import InputError
 from qaclims.models import clip_text
 from qaclims.models.cam_net import CAMNet
-from qaclims.models.mask_clip import load_image_tower
+from qaclims.models.mask_clip import PlainCLIPImage, load_image_tower
 from qaclims.pair_text import load_pair_texts
 from qaclims.tables import CLASSES_SCHEMA, MANIFEST_SCHEMA, write_table
 
@@ -43,6 +45,15 @@ def clip_files(tmp_path_factory) -> tuple[Path, Path]:
     weights, config = folder / "ritc-clip-tiny.safetensors", folder / "ritc-clip-tiny.json"
     clip_text.tiny_clip(config.stem, weights, seed=0)
     config.write_text(json.dumps(clip_text.TINY_CONFIG))
+    return weights, config
+
+
+@pytest.fixture(scope="module")
+def siglip_files(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("siglip")
+    weights, config = folder / "sig-lip-tiny.safetensors", folder / "sig-lip-tiny.json"
+    clip_text.tiny_clip(config.stem, weights, seed=0, config=clip_text.TINY_SIGLIP_CONFIG)
+    config.write_text(json.dumps(clip_text.TINY_SIGLIP_CONFIG))
     return weights, config
 
 
@@ -166,14 +177,80 @@ def test_batch_without_pairs_or_bg_texts_gives_only_the_regulariser(clip_files, 
 def test_clip_input_norm_switch():
     texts = None
     x = torch.zeros(1, 3, 64, 64)  # the ImageNet mean colour
-    clip = type("C", (), {"image_size": 32})()
+    clip = type("C", (), {"image_size": 32, "mean": (0.5, 0.4, 0.3), "std": (0.5, 0.25, 0.2)})()
     imagenet = ritc.RITCLoss(clip=clip, texts=texts).clip_input(x)
     assert imagenet.shape == (1, 3, 32, 32) and torch.equal(imagenet, torch.zeros(1, 3, 32, 32))
     clipped = ritc.RITCLoss(clip=clip, texts=texts, clip_input_norm="clip").clip_input(x)
-    want = (torch.tensor(ritc.IMAGENET_MEAN) - torch.tensor(ritc.CLIP_MEAN)) / torch.tensor(
-        ritc.CLIP_STD
-    )
+    want = (torch.tensor(ritc.IMAGENET_MEAN) - torch.tensor(clip.mean)) / torch.tensor(clip.std)
     assert torch.allclose(clipped[0, :, 0, 0], want)
+
+
+def test_towers_carry_their_models_normalisation(clip_files, siglip_files):
+    clip = _clip(clip_files, depth=0)
+    assert clip.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))  # OpenAI's
+    weights, config = siglip_files
+    siglip = load_image_tower(
+        config.stem,
+        str(weights),
+        torch.device("cpu"),
+        config_json=config,
+        mask_adapted=False,
+        mask_prompt_depth=0,
+    )
+    assert isinstance(siglip, PlainCLIPImage)
+    assert (siglip.mean, siglip.std, siglip.image_size, siglip.output_dim) == (
+        (0.5,) * 3,
+        (0.5,) * 3,
+        64,
+        64,
+    )
+
+
+def test_plain_step_with_a_siglip_tower_equals_per_pair_formula(siglip_files, corpus_and_emb):
+    corpus, emb = corpus_and_emb
+    weights, config = siglip_files
+    clip = load_image_tower(
+        config.stem,
+        str(weights),
+        torch.device("cpu"),
+        config_json=config,
+        mask_adapted=False,
+        mask_prompt_depth=0,
+    )
+    torch.manual_seed(0)
+    model = CAMNet(3, depth=18, fixed_bn=False)
+    model.classifier.weight.data.mul_(20)
+    torch.manual_seed(1)
+    batch = {"image": torch.randn(3, 3, 64, 64), "label": LABELS, "index": torch.tensor([0, 1, 2])}
+    loss_fn = ritc.RITCLoss(clip=clip, texts=_texts(corpus), mask_adapted=False)
+    model.eval()
+    loss, terms = loss_fn(model, batch)
+    loss.backward()
+    grad = model.classifier.weight.grad.clone()
+    model.zero_grad()
+    want = _reference_loss(model, clip, batch, emb, 0.1, 0.7, (10, 8, 0.2), 2.0, False)
+    want.backward()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert terms["frc"] > 0 and terms["brc"] > 0
+    assert grad.abs().sum() > 0 and torch.allclose(grad, model.classifier.weight.grad, atol=1e-6)
+    assert all(p.grad is None for p in clip.parameters())
+
+
+@pytest.mark.parametrize("how", ["mask_adapted", "ovseg", "prompts"])
+def test_mask_adapted_siglip_is_refused_naming_the_tower(siglip_files, tmp_path, how):
+    weights, config = siglip_files
+    kw = {
+        "mask_adapted": {"mask_adapted": True, "mask_prompt_depth": 2},
+        "ovseg": {"mask_adapted": False, "mask_prompt_depth": 0, "ovseg": tmp_path / "o.pth"},
+        "prompts": {"mask_adapted": False, "mask_prompt_depth": 2},
+    }[how]
+    with pytest.raises(
+        InputError,
+        match=r"CLIP sig-lip-tiny: mask-adapted CLIP .* needs open_clip's VisionTransformer image "
+        r"tower with CLS pooling; sig-lip-tiny has a timm test_vit tower pooling 'map'\. Use "
+        r"ritc.clip_mode: plain",
+    ):
+        load_image_tower(config.stem, str(weights), torch.device("cpu"), config_json=config, **kw)
 
 
 @pytest.mark.parametrize("batchnorm", ["train", "frozen"])
@@ -236,8 +313,16 @@ def test_stage_trains_from_the_baseline(batchnorm, clip_files, corpus, tmp_path)
         loss_weights=(10.0, 8.0, 0.2),
         pair_sum_divisor=2.0,
         seed=0,
+        out_history=tmp_path / "history.parquet",
     )
     assert summary["steps"] == 2  # d has no labels but stays, as in the reference (§9)
+    history = pq.read_table(tmp_path / "history.parquet").to_pydict()
+    assert list(history) == ["step", "epoch", "lr", "lr_group_1", "frc", "brc", "reg", "loss"]
+    assert history["step"] == [1, 2] and history["lr"][0] == 0.01
+    for frc, brc, reg, loss in zip(
+        *(history[k] for k in ("frc", "brc", "reg", "loss")), strict=True
+    ):
+        assert loss == pytest.approx(10.0 * frc + 8.0 * brc + 0.2 * reg, rel=1e-5)
     out = torch.load(tmp_path / "ritc.pt", weights_only=True)
     assert out.keys() == baseline.state_dict().keys()
     assert not torch.equal(out["classifier.weight"], baseline.classifier.weight)

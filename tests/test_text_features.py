@@ -168,3 +168,78 @@ def test_corpus_with_wrong_schema_is_rejected(tmp_path, tiny_clip) -> None:
     pq.write_table(pa.table({"image_id": ["i"], "class_id": [0]}), corpus["bg"])
     with pytest.raises(InputError, match=rf"{corpus['bg']}: column 'class_id' has type int64"):
         _run(corpus, tiny_clip, tmp_path / "features.parquet")
+
+
+@pytest.fixture(scope="module")
+def tiny_siglip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("siglip")
+    weights, config = folder / "sig-lip-tiny.safetensors", folder / "sig-lip-tiny.json"
+    clip_text.tiny_clip(config.stem, weights, seed=0, config=clip_text.TINY_SIGLIP_CONFIG)
+    config.write_text(json.dumps(clip_text.TINY_SIGLIP_CONFIG))
+    return {"weights": weights, "config": config}
+
+
+def test_siglip_loads_with_its_own_pooling_bias_and_normalisation(tiny_siglip) -> None:
+    model, tokenizer = clip_text.load_clip(
+        "sig-lip-tiny", str(tiny_siglip["weights"]), torch.device("cpu"), tiny_siglip["config"]
+    )
+    assert model.logit_bias.item() == -10.0  # sigmoid loss, built from init_logit_bias
+    assert model.text.pool_type == "last" and model.text.attn_mask is None  # bidirectional
+    assert type(model.visual.trunk.attn_pool).__name__ == "AttentionPoolLatent"  # MAP head
+    cfg = model.visual.preprocess_cfg
+    assert (cfg["mean"], cfg["std"], cfg["resize_mode"]) == ([0.5] * 3, [0.5] * 3, "squash")
+    assert clip_text.embed_dim(model) == 64 and tokenizer.context_length == 64
+
+
+def test_siglip_text_features_equal_its_encode_text(tmp_path, tiny_siglip) -> None:
+    corpus = _corpus(tmp_path, ["red ball", "a very long answer about a ball"], ["sky"])
+    out = tmp_path / "features.parquet"
+    summary = text_features.run(
+        corpus["fg"],
+        corpus["bg"],
+        corpus["classes"],
+        out,
+        architecture="sig-lip-tiny",
+        pretrained=str(tiny_siglip["weights"]),
+        clip_config=tiny_siglip["config"],
+        prompt=PROMPT,
+        batch_size=2,
+    )
+    assert summary == {**summary, "texts": 5, "encoded": 5, "dim": 64}
+    table = read_table(out, text_features_schema(64)).to_pylist()
+    model, tokenizer = clip_text.load_clip(
+        "sig-lip-tiny", str(tiny_siglip["weights"]), torch.device("cpu"), tiny_siglip["config"]
+    )
+    with torch.inference_mode():  # every position: SigLIP pools the last one, padding included
+        full = model.encode_text(tokenizer([r["text"] for r in table]), normalize=True)
+    np.testing.assert_allclose(np.array([r["embedding"] for r in table]), full, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"preprocess_cfg": {"mean": [0.5, 0.5]}}, r"preprocess_cfg.mean must list 3"),
+        ({"preprocess_cfg": {"std": [0.5, 0.0, 0.5]}}, r"preprocess_cfg.std \[0.5, 0.0, 0.5\]"),
+        ({"preprocess_cfg": {"scale": 2}}, "preprocess_cfg must be a mapping of"),
+        ({"text_cfg": None}, r"lacks \['text_cfg'\]"),
+    ],
+)
+def test_bad_custom_config_is_named(tmp_path, change, match) -> None:
+    config = {**clip_text.TINY_SIGLIP_CONFIG, **change}
+    config = {k: v for k, v in config.items() if v is not None}
+    path = tmp_path / "sig-lip-bad.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(InputError, match=match):
+        clip_text.load_clip("sig-lip-bad", "x.safetensors", torch.device("cpu"), path)
+
+
+def test_hub_style_config_with_preprocess_beside_model_cfg(tmp_path, tiny_siglip) -> None:
+    """open_clip's hub repos keep `model_cfg` and `preprocess_cfg` side by side."""
+    model_cfg = {k: v for k, v in clip_text.TINY_SIGLIP_CONFIG.items() if k != "preprocess_cfg"}
+    preprocess = {**clip_text.TINY_SIGLIP_CONFIG["preprocess_cfg"], "mean": [0.25, 0.5, 0.75]}
+    path = tmp_path / "sig-lip-hub.json"
+    path.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}))
+    model, _ = clip_text.load_clip(
+        "sig-lip-hub", str(tiny_siglip["weights"]), torch.device("cpu"), path
+    )
+    assert model.visual.preprocess_cfg["mean"] == [0.25, 0.5, 0.75]

@@ -9,23 +9,29 @@ A mask of ones gives exactly the plain tower. This re-implements the forward of 
 3.3.0's `VisionTransformer` on its own submodules, so the same weights serve both modes.
 
 The tower is frozen (no parameter takes gradients, eval mode) but differentiable with
-respect to its input: RITC trains the CAM network through it.
+respect to its input: RITC trains the CAM network through it. Mask prompts need open_clip's
+own ViT with CLS pooling; any other open_clip image tower (a SigLIP's timm ViT with MAP
+pooling, a ResNet) serves the plain mode through `PlainCLIPImage`. Both give the image
+size, embedding width and normalisation (mean, std) of the loaded model's preprocess config.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from open_clip.transform import PreprocessCfg
+from open_clip.transformer import VisionTransformer
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from qaclims.errors import InputError
-from qaclims.models.clip_text import load_clip
+from qaclims.models.clip_text import embed_dim, load_clip
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +39,81 @@ OVSEG_PREFIX = "clip_adapter.clip_model."
 MASK_EMBEDDING_KEY = "visual.mask_embedding"
 
 
-class MaskCLIPImage(nn.Module):
+def mask_adaptable(visual: nn.Module) -> bool:
+    """Whether mask prompts fit the tower: open_clip's own ViT pooling its CLS token."""
+    return (
+        isinstance(visual, VisionTransformer)
+        and visual.attn_pool is None
+        and visual.pool_type == "tok"
+    )
+
+
+def tower_kind(visual: nn.Module) -> str:
+    """What the tower is, for messages: its class, or the timm model and its pooling."""
+    trunk = getattr(visual, "trunk", None)  # open_clip's TimmModel
+    if trunk is not None:
+        name = (getattr(trunk, "default_cfg", None) or {}).get("architecture", type(trunk).__name__)
+        return f"a timm {name} tower pooling '{getattr(trunk, 'global_pool', '?')}'"
+    if isinstance(visual, VisionTransformer):
+        pooling = "attention" if visual.attn_pool is not None else visual.pool_type
+        return f"a VisionTransformer tower pooling '{pooling}'"
+    return f"a {type(visual).__name__} tower"
+
+
+class FrozenTower(nn.Module):
+    """Common part of the RITC image towers: frozen, eval, normalisation of the model."""
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        self.visual = visual
+        cfg = getattr(visual, "preprocess_cfg", None) or asdict(PreprocessCfg())
+        self.mean = tuple(float(v) for v in cfg["mean"])
+        self.std = tuple(float(v) for v in cfg["std"])
+        size = getattr(visual, "image_size", None) or cfg["size"]
+        sides = (size, size) if isinstance(size, int) else tuple(size)
+        if sides[0] != sides[1]:
+            raise InputError(f"CLIP image tower input {sides} is not square (RITC crops are)")
+        self._image_size = int(sides[0])
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square input the tower was built for (else its preprocess config)."""
+        return self._image_size
+
+    def train(self, mode: bool = True) -> FrozenTower:
+        """Always eval: the tower is a fixed feature extractor."""
+        return super().train(False)
+
+
+class PlainCLIPImage(FrozenTower):
+    """Any open_clip image tower, without masks (ritc.clip_mode plain); frozen."""
+
+    def __init__(self, visual: nn.Module, output_dim: int) -> None:
+        super().__init__(visual)
+        self.output_dim = output_dim
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """B×3×S×S normalised images -> B×D embeddings; masks need MaskCLIPImage."""
+        if mask is not None:
+            raise InputError(f"the {tower_kind(self.visual)} image tower takes no region masks")
+        return self.visual(x)
+
+
+class MaskCLIPImage(FrozenTower):
     """open_clip `VisionTransformer` with optional mask prompts; frozen, grads reach the input."""
 
     def __init__(self, visual: nn.Module, mask_prompt_depth: int) -> None:
-        super().__init__()
-        if not hasattr(visual, "conv1") or getattr(visual, "attn_pool", None) is not None:
-            raise InputError("mask-adapted CLIP needs a plain ViT image tower (CLS pooling)")
+        if not mask_adaptable(visual):
+            raise InputError(
+                "mask-adapted CLIP needs open_clip's VisionTransformer image tower with CLS "
+                f"pooling, not {tower_kind(visual)}"
+            )
+        super().__init__(visual)
         layers = len(visual.transformer.resblocks)
         if not 0 <= mask_prompt_depth <= layers:
             raise InputError(f"mask prompt depth {mask_prompt_depth} is not in 0..{layers}")
-        self.visual = visual
         self.patch = visual.patch_size[0]
         grid = visual.grid_size[0] * visual.grid_size[1]
         width = visual.conv1.out_channels
@@ -52,16 +122,8 @@ class MaskCLIPImage(nn.Module):
         self.eval()
 
     @property
-    def image_size(self) -> int:
-        return self.visual.image_size[0]
-
-    @property
     def output_dim(self) -> int:
         return self.visual.output_dim
-
-    def train(self, mode: bool = True) -> MaskCLIPImage:
-        """Always eval: the tower is a fixed feature extractor."""
-        return super().train(False)
 
     def patch_mask(self, mask: Tensor) -> Tensor:
         """B×1×S×S region mask -> B×grid²×1 binary patch visibility."""
@@ -182,13 +244,25 @@ def load_image_tower(
     config_json: Path | None = None,
     ovseg: Path | None = None,
     mask_prompt_depth: int = 3,
-) -> MaskCLIPImage:
+    mask_adapted: bool = True,
+) -> MaskCLIPImage | PlainCLIPImage:
     """The frozen image tower: open_clip weights, then optionally OV-Seg's on top.
 
-    `mask_prompt_depth` 0 gives the plain tower (masks are then ignored by `forward`).
+    An open_clip ViT with CLS pooling gets the re-implemented forward (`mask_prompt_depth`
+    0: no prompts, masks ignored, the plain tower's output); any other tower serves only the
+    plain mode (`mask_adapted` False, no OV-Seg, no prompts), through its own forward.
     """
     model, _ = load_clip(architecture, pretrained, torch.device("cpu"), config_json=config_json)
-    tower = MaskCLIPImage(model.visual, mask_prompt_depth)
+    if not mask_adaptable(model.visual):
+        if mask_adapted or ovseg is not None or mask_prompt_depth:
+            raise InputError(
+                f"CLIP {architecture}: mask-adapted CLIP (ritc.clip_mode: mask_adapted, OV-Seg "
+                "mask prompts) needs open_clip's VisionTransformer image tower with CLS "
+                f"pooling; {architecture} has {tower_kind(model.visual)}. Use "
+                "ritc.clip_mode: plain (and models.ovseg: null) for this tower"
+            )
+        return PlainCLIPImage(model.visual, embed_dim(model)).to(device)
+    tower = MaskCLIPImage(model.visual, mask_prompt_depth if mask_adapted else 0)
     if ovseg is not None:
         load_ovseg(tower, ovseg)
     return tower.to(device)
