@@ -73,6 +73,7 @@ def run(
                 read_label_map(r["mask_path"], len(names)),
                 [names[k] for k in keys],
                 {f"{net} CAM": rec.high_res for net, rec in recs.items()},
+                labels=["background", *names],
                 title=image_id,
             )
     log.info("cam_compare: %d panels", len(chosen))

@@ -2,7 +2,8 @@
 
 Input: the manifest (eval split, mask paths), class names and every CAM shard file; output:
 `eval/cam.json` (fixed-threshold and best-threshold mIoU, the sweep, per-class IoU),
-`eval/cam_per_class.csv`, an IoU bar chart and CAM overlays of the first eval images.
+`eval/cam_per_class.csv`, an IoU bar chart, the sweep's mIoU plotted against the threshold
+and CAM overlays of the first eval images.
 Shard files are streamed one image at a time. The reference re-reads every CAM once per
 swept threshold; here one pass fills a (gt, label, #thresholds below the pixel's score)
 histogram from which the confusion matrix of every threshold follows exactly.
@@ -118,6 +119,7 @@ def run(
     out_csv: Path,
     out_bars: Path,
     out_vis: Path,
+    out_sweep: Path | None = None,
 ) -> dict[str, float | int | None]:
     """Score the CAMs of every `split` image with a mask; write the reports."""
     names = ["background", *read_class_names(classes)]
@@ -165,6 +167,7 @@ def run(
                             read_rgb(row["path"]),
                             rec.high_res,
                             [names[k + 1] for k in rec.keys],
+                            labels=names,
                             gt=gt,
                             pred=pred,
                             title=f"{image_id} (t = {bg_threshold})",
@@ -213,6 +216,14 @@ def run(
     visuals.iou_bars(
         out_bars, names, {f"t = {bg_threshold}": fixed_iou, f"best t = {sweep[best]}": best_iou}
     )
+    if out_sweep is not None:
+        visuals.threshold_sweep(
+            out_sweep,
+            [s["threshold"] for s in report["sweep"]],
+            [s["miou"] for s in report["sweep"]],
+            best=(sweep[best], best_miou),
+            fixed=(bg_threshold, fixed_miou),
+        )
     summary = {
         "images": len(seen),
         "miou": round(fixed_miou, 6),
@@ -243,6 +254,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-csv", type=Path, required=True)
     p.add_argument("--out-bars", type=Path, required=True, help="per-class IoU bar chart")
     p.add_argument("--out-vis", type=Path, required=True, help="folder of overlay PNGs")
+    p.add_argument("--out-sweep", type=Path, default=None, help="mIoU-vs-threshold plot")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -260,4 +272,5 @@ def main(args: argparse.Namespace) -> None:
         out_csv=args.out_csv,
         out_bars=args.out_bars,
         out_vis=args.out_vis,
+        out_sweep=args.out_sweep,
     )

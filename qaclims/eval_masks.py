@@ -1,8 +1,9 @@
 """Pseudo-mask evaluation: mIoU against the ground truth of the eval split (ALGORITHM §8).
 
 Input: the manifest (eval split, mask paths), the class names and every pseudo-mask folder;
-output: `eval/pseudo_masks.json` with the mIoU and the per-class IoU (background first), and
-sample panels (image | pseudo mask | ground truth) of the first images for the report.
+output: `eval/pseudo_masks.json` with the mIoU and the per-class IoU (background first, null
+for a class in neither the ground truth nor the pseudo masks), and sample panels of the first
+images for the report (`visuals.mask_samples`, titled with the image's own mIoU).
 Ground-truth 255 is ignored; a prediction of 255 counts as background (IRNet's eval).
 """
 
@@ -14,21 +15,29 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from qaclims import visuals
 from qaclims.atomic import atomic_dir, atomic_path
 from qaclims.errors import InputError
-from qaclims.images import read_label_map, read_rgb, voc_palette
+from qaclims.images import read_label_map, read_rgb
 from qaclims.labelled import iou_report, label_files
-from qaclims.metrics import IGNORE, ConfusionMeter
+from qaclims.metrics import IGNORE, ConfusionMeter, image_miou
 from qaclims.tables import read_class_names, read_manifest
 
 log = logging.getLogger(__name__)
 
 
-def _panel(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, palette: np.ndarray) -> Image:
-    """Image, pseudo mask and ground truth side by side (labels in the VOC colours)."""
-    return Image.fromarray(np.concatenate([image, palette[pred], palette[gt]], axis=1))
+def scored(pred: np.ndarray) -> np.ndarray:
+    """The pseudo mask as it is scored: its ignore (255) pixels count as background."""
+    return np.where(pred == IGNORE, 0, pred)
+
+
+def sample_title(image_id: str, pred: np.ndarray, gt: np.ndarray, num_labels: int) -> str:
+    """A sample's title: its id and its own mIoU over the classes in its GT or pseudo mask."""
+    miou, present = image_miou(scored(pred), gt, num_labels)
+    if present == 0:
+        return f"{image_id}: no labelled pixels"
+    return f"{image_id}: mIoU {100 * miou:.1f}% over the {present} classes present"
 
 
 def run(
@@ -55,16 +64,21 @@ def run(
         pred = read_label_map(path, len(names) - 1)
         if pred.shape != gt.shape:
             raise InputError(f"{path}: pseudo mask is {pred.shape}, ground truth {gt.shape}")
-        meter.add(np.where(pred == IGNORE, 0, pred), gt)
+        meter.add(scored(pred), gt)
     report = iou_report(meter, names, split=split, images=len(rows))
     if out_samples is not None:
-        palette = np.array(voc_palette(), np.uint8).reshape(256, 3)
         with atomic_dir(out_samples) as tmp:
             for row, path in list(zip(rows, files, strict=True))[:samples]:
                 pred = read_label_map(path, len(names) - 1)
                 gt = read_label_map(row["mask_path"], len(names) - 1)
-                panel = _panel(read_rgb(row["path"]), pred, gt, palette)
-                panel.save(tmp / f"{row['image_id']}.png")
+                visuals.mask_samples(
+                    tmp / f"{row['image_id']}.png",
+                    read_rgb(row["path"]),
+                    gt,
+                    pred,
+                    names,
+                    title=sample_title(row["image_id"], pred, gt, len(names)),
+                )
     with atomic_path(out_json) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     log.info("pseudo-mask mIoU on %s (%d images): %.2f", split, len(rows), 100 * report["miou"])

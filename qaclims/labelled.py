@@ -132,7 +132,9 @@ class LabelledImages(Dataset):
 
 
 def iou_report(meter: ConfusionMeter, names: list[str], **extra: object) -> dict[str, object]:
-    """mIoU and per-class IoU (null where a class is in neither gt nor prediction)."""
+    """mIoU and per-class IoU; null marks no data (a class in neither gt nor prediction of
+    the split), which has no IoU and is left out of the mIoU, unlike a class predicted but
+    never right (IoU 0)."""
     iou, miou = meter.iou()
     per_class = {
         n: None if np.isnan(v) else round(float(v), 6) for n, v in zip(names, iou, strict=True)

@@ -53,3 +53,13 @@ class ConfusionMeter:
 
     def iou(self) -> tuple[np.ndarray, float]:
         return iou_from_confusion(self.matrix)
+
+
+def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[float, int]:
+    """mIoU of one image over the classes in its ground truth or prediction, and how many.
+
+    A sample's own score, beside the dataset's: classes the image does not show are left
+    out, as they are from the dataset mIoU when no image shows them.
+    """
+    iou, miou = iou_from_confusion(confusion(pred, gt, num_classes))
+    return miou, int(np.count_nonzero(~np.isnan(iou)))

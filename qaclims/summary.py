@@ -2,9 +2,13 @@
 segmentation (ALGORITHM §10), or the RITC ablations.
 
 Input: the stage names and one evaluation report per stage, in the same order (`eval/cam.json`
-and the like, each with "split", "images" and "miou"). Output: the table printed to stdout
-and written as Markdown (`eval/summary.md`) and as JSON rows `{"stage", "split", "images",
-"miou"}` with mIoU in % (`eval/summary.json`), so that scripts need not parse the Markdown.
+and the like, each with "split", "images" and "miou"). A CAM report (one with "bg_threshold")
+gives two rows: its mIoU at the configured threshold, and as `<stage>, best t` the best of
+its threshold sweep ("best_threshold", "best_miou"; the reference's `--eval_cam_best`).
+Output: the table printed to stdout and written as Markdown (`eval/summary.md`, with a
+threshold column when some row has one) and as JSON rows `{"stage", "split", "images",
+"miou"}` with mIoU in %, plus "threshold" on CAM rows (`eval/summary.json`), so that scripts
+need not parse the Markdown.
 """
 
 from __future__ import annotations
@@ -49,12 +53,28 @@ def row(stage: str, report: dict) -> dict[str, Any]:
     }
 
 
+def report_rows(stage: str, report: dict) -> list[dict[str, Any]]:
+    """The rows of one report: one, or for a CAM report its configured and best threshold."""
+    if "bg_threshold" not in report:
+        return [row(stage, report)]
+    rows = [{**row(stage, report), "threshold": report["bg_threshold"]}]
+    if "best_threshold" in report and "best_miou" in report:
+        best = row(f"{stage}, best t", {**report, "miou": report["best_miou"]})
+        rows.append({**best, "threshold": report["best_threshold"]})
+    return rows
+
+
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table: stage, split, images, mIoU (%)."""
-    lines = ["| stage | split | images | mIoU (%) |", "|---|---|---|---|"]
+    """Markdown table: stage, split, images, the threshold if any row has one, mIoU (%)."""
+    thresholds = any("threshold" in r for r in rows)
+    head = ["stage", "split", "images", *(["threshold"] if thresholds else []), "mIoU (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        value = "n/a" if r["miou"] is None else f"{r['miou']:.2f}"
-        lines.append(f"| {r['stage']} | {r['split']} | {r['images']} | {value} |")
+        cells = [r["stage"], r["split"], r["images"]]
+        if thresholds:
+            cells.append(f"{r['threshold']:g}" if "threshold" in r else "—")
+        cells.append("n/a" if r["miou"] is None else f"{r['miou']:.2f}")
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -64,7 +84,11 @@ def run(
     """Print the table of `stages` (one report each), write it as Markdown and JSON rows."""
     if len(stages) != len(reports):
         raise InputError(f"{len(stages)} stage names for {len(reports)} reports")
-    rows = [row(stage, _read(path)) for stage, path in zip(stages, reports, strict=True)]
+    rows = [
+        r
+        for stage, path in zip(stages, reports, strict=True)
+        for r in report_rows(stage, _read(path))
+    ]
     text = table(rows)
     with atomic_path(out_md) as tmp:
         tmp.write_text(text)

@@ -72,6 +72,12 @@ rule eval_cam:
             category="1. CAMs",
             subcategory=lambda wildcards: CAM_NETS[wildcards.tag][0],
         ),
+        sweep=report(
+            f"{RESULTS}/eval/cam{{tag}}_sweep.png",
+            caption="../report/cam_sweep.rst",
+            category="1. CAMs",
+            subcategory=lambda wildcards: CAM_NETS[wildcards.tag][0],
+        ),
         vis=report(
             directory(f"{RESULTS}/eval/cam{{tag}}_vis"),
             patterns=["{name}.png"],
@@ -99,7 +105,8 @@ rule eval_cam:
     shell:
         "python -m qaclims eval_cam --manifest {input.manifest} --classes {input.classes}"
         " --cams {input.cams} --out-json {output.json} --out-csv {output.csv}"
-        " --out-bars {output.bars} --out-vis {output.vis} {params.flags} > {log} 2>&1"
+        " --out-bars {output.bars} --out-vis {output.vis} --out-sweep {output.sweep}"
+        " {params.flags} > {log} 2>&1"
 
 
 rule cam_compare:

@@ -87,7 +87,7 @@ def test_run_reports_fixed_and_best_threshold(tmp_path):
         manifest=manifest, classes=classes, cams=[tmp_path / "shard-0.npz"], split="train",
         bg_threshold=0.05, sweep_start=0.05, sweep_stop=0.30, sweep_step=0.05, vis_images=1,
         out_json=out / "cam.json", out_csv=out / "cam.csv", out_bars=out / "bars.png",
-        out_vis=out / "vis",
+        out_vis=out / "vis", out_sweep=out / "sweep.png",
     )  # fmt: skip
     report = json.loads((out / "cam.json").read_text())
     # 95 scored pixels: 47 of class 0 (label 1), 48 background; class 1 appears nowhere.
@@ -104,6 +104,7 @@ def test_run_reports_fixed_and_best_threshold(tmp_path):
     assert rows[0] == ["label", "name", "iou_t0.05", "iou_t0.1"]
     assert rows[1][:2] == ["0", "background"] and float(rows[1][3]) == 1.0
     assert (out / "bars.png").stat().st_size > 0
+    assert (out / "sweep.png").stat().st_size > 0
     assert [p.name for p in (out / "vis").iterdir()] == ["a.png"]
 
 

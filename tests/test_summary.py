@@ -46,3 +46,38 @@ def test_a_name_per_report_and_complete_reports(tmp_path):
     with pytest.raises(InputError, match=r"keys \['images', 'miou'\] missing"):
         summary.run(stages=["a"], reports=[tmp_path / "bad.json"], **out)
     assert not (tmp_path / "s.json").exists()
+
+
+def test_a_cam_report_gives_its_configured_and_best_threshold_rows(tmp_path):
+    cam = tmp_path / "cam.json"
+    cam.write_text(
+        json.dumps(
+            {
+                "split": "train",
+                "images": 64,
+                "bg_threshold": 0.15,
+                "miou": 0.207612,
+                "best_threshold": 0.12,
+                "best_miou": 0.231,
+                "sweep": [],
+            }
+        )
+    )
+    masks = _report(tmp_path / "pseudo_masks.json", "train", 64, 0.4)
+    out_md, out_json = tmp_path / "summary.md", tmp_path / "summary.json"
+    rows = summary.run(
+        stages=["RITC CAM", "pseudo mask"], reports=[cam, masks], out_md=out_md, out_json=out_json
+    )
+    assert json.loads(out_json.read_text()) == rows == [
+        {"stage": "RITC CAM", "split": "train", "images": 64, "miou": 20.7612, "threshold": 0.15},
+        {"stage": "RITC CAM, best t", "split": "train", "images": 64, "miou": 23.1,
+         "threshold": 0.12},
+        {"stage": "pseudo mask", "split": "train", "images": 64, "miou": 40.0},
+    ]  # fmt: skip
+    assert out_md.read_text().splitlines() == [
+        "| stage | split | images | threshold | mIoU (%) |",
+        "|---|---|---|---|---|",
+        "| RITC CAM | train | 64 | 0.15 | 20.76 |",
+        "| RITC CAM, best t | train | 64 | 0.12 | 23.10 |",
+        "| pseudo mask | train | 64 | — | 40.00 |",
+    ]
