@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 CORES ?= $(shell nproc)
+CONFIG ?= config.yaml
 
 .PHONY: demo test report lint clean
 
@@ -19,8 +20,10 @@ demo: $(STAMP)
 	$(RUN) snakemake --cores $(CORES) --workflow-profile profiles/default
 	@cat results/demo/eval/summary.md
 
+# `make report CONFIG=configs/voc12.yaml`: the report of that config's finished run.
 report: $(STAMP)
-	$(RUN) snakemake --report report.html
+	@$(VENV)/bin/python -m qaclims.report_ready --configfile $(CONFIG)
+	$(RUN) snakemake --configfile $(CONFIG) --report report.html
 
 # Two workers, each test file on one (its module fixtures run once): the heavy files
 # (staleness, layouts, SLURM) spend much of their time waiting on subprocesses.

@@ -17,11 +17,14 @@ wildcard_constraints:
 include: "rules/data.smk"
 include: "rules/qape.smk"
 include: "rules/text.smk"
+include: "rules/corpus_report.smk"
 include: "rules/ritc.smk"
 include: "rules/cam.smk"
 include: "rules/crf.smk"
 include: "rules/irn.smk"
 include: "rules/seg.smk"
+include: "rules/training_curves.smk"
+include: "rules/class_iou.smk"
 
 
 rule all:

@@ -18,6 +18,7 @@ STAGES: dict[str, str] = {
     "demo_models": "qaclims.demo_models",
     "qape": "qaclims.qape",
     "corpus": "qaclims.corpus",
+    "corpus_report": "qaclims.corpus_report",
     "text_features": "qaclims.text_features",
     "cams": "qaclims.cams",
     "eval_cam": "qaclims.eval_cam",
@@ -29,7 +30,11 @@ STAGES: dict[str, str] = {
     "pseudo_masks": "qaclims.pseudo_masks",
     "eval_masks": "qaclims.eval_masks",
     "train_seg": "qaclims.train_seg",
+    "eval_seg": "qaclims.eval_seg",
+    "export_voc": "qaclims.export_voc",
+    "class_iou": "qaclims.class_iou",
     "summary": "qaclims.summary",
+    "training_curves": "qaclims.training_curves",
     "convert": "qaclims.convert",
 }
 

@@ -221,6 +221,39 @@ def torch_launch(gpus):
     return "python -m qaclims"
 
 
+def seg_eval_values():
+    """The final model's network and test-time protocol, by flag name (eval_seg, export).
+
+    CRF parameters are settings only while the CRF is on.
+    """
+    protocol = config["seg_eval"]
+    crf = protocol["crf"]
+    return {
+        "depth": config["seg"]["depth"],
+        "arch": config["seg"]["arch"],
+        "scales": protocol["scales"],
+        "flip": protocol["flip"],
+        "fusion": protocol["fusion"],
+        "precision": protocol["precision"],
+        "crf": crf["enabled"],
+        **(
+            {f"crf_{k}": v for k, v in crf.items() if k != "enabled"}
+            if crf["enabled"]
+            else {}
+        ),
+    }
+
+
+def trained_stages():
+    """The training stages the default target runs, by the name of their history table."""
+    return [
+        *([] if config["cam"]["released"] else ["cam_baseline"]),
+        "ritc",
+        "irn",
+        *(["seg"] if config["seg"]["enabled"] else []),
+    ]
+
+
 def final_targets():
     """The deliverables: every model, per-shard CAMs, IR labels, pseudo masks, every eval.
 
@@ -240,6 +273,8 @@ def final_targets():
     seg = ["models/seg.pt", "eval/seg.json"] if config["seg"]["enabled"] else []
     whole = [
         "text/features.parquet",
+        "eval/corpus_report.md",
+        "eval/corpus_report.json",
         *([] if config["cam"]["released"] else ["models/cam_baseline.pt"]),
         "models/ritc.pt",
         "models/irn.pt",
@@ -250,6 +285,12 @@ def final_targets():
         "eval/pseudo_masks.json",
         "eval/summary.md",
         "eval/summary.json",
+        *(f"eval/training_curves/{name}.png" for name in trained_stages()),
+        *(
+            f"eval/{what}{suffix}"
+            for what in ["pseudo_masks", *(["seg"] if config["seg"]["enabled"] else [])]
+            for suffix in ("_per_class.html", "_iou.png")
+        ),
     ]
     return (
         built_models

@@ -34,14 +34,38 @@ RESULTS = "results/demo"
 
 pytestmark = pytest.mark.slow
 
-PSEUDO_DOWN = {"pseudo_masks": SHARDS, "eval_masks": 1, "train_seg": 1, "summary": 1, "all": 1}
-IRN_DOWN = {"train_irn": 1, **PSEUDO_DOWN}
+PSEUDO_DOWN = {
+    "pseudo_masks": SHARDS,
+    "eval_masks": 1,
+    "train_seg": 1,
+    "eval_seg": 1,
+    "training_curves": 1,  # each rerun training job's loss curves: seg's here
+    "class_iou": 2,  # the pseudo masks' and the segmentation's per-class table and chart
+    "summary": 1,
+    "all": 1,
+}
+IRN_DOWN = {"train_irn": 1, **PSEUDO_DOWN, "training_curves": 2}
+# A new seg_eval protocol: the segmentation's scores and what shows them, never train_seg.
+SEG_EVAL_DOWN = {"eval_seg": 1, "class_iou": 1, "summary": 1, "all": 1}
 CRF_DOWN = {"crf": SHARDS, **IRN_DOWN}
-RITC_DOWN = {"ritc": 1, "cams": SHARDS, "eval_cam": 1, "cam_compare": 1, **CRF_DOWN}
+RITC_DOWN = {
+    "ritc": 1,
+    "cams": SHARDS,
+    "eval_cam": 1,
+    "cam_compare": 1,
+    **CRF_DOWN,
+    "training_curves": 3,
+}
 TEXT_DOWN = {"text_features": 1, **RITC_DOWN}
 QAPE_DOWN = {"qape": SHARDS, "corpus": 1, **TEXT_DOWN}
 # The baseline's own CAMs and their evaluation too; the demo's IRN and seg start from it.
-BASELINE_DOWN = {"train_cam": 1, **RITC_DOWN, "cams": 2 * SHARDS, "eval_cam": 2}
+BASELINE_DOWN = {
+    "train_cam": 1,
+    **RITC_DOWN,
+    "cams": 2 * SHARDS,
+    "eval_cam": 2,
+    "training_curves": 4,
+}
 EVERY_JOB = {
     "demo_data": 1,
     "demo_models": 1,
@@ -128,6 +152,7 @@ def own_copy(workflow: Path, tmp_path: Path) -> Path:
         ("pseudo_masks:\n  beta: 8\n", PSEUDO_DOWN),  # 8 is pseudo_masks.exp_times
         ("qape:\n  num_beams: 1\n", QAPE_DOWN),  # 1 is qape.min_length
         ("text:\n  prompt: 'ViT-tiny {}'\n", TEXT_DOWN),  # beside the architecture name
+        ("seg_eval:\n  scales: [0.5, 1.5]\n", SEG_EVAL_DOWN),  # [0.5, 1.5] is seg.scale_range
     ],
 )
 def test_a_value_another_setting_holds_is_still_a_change(workflow, text, expected):
@@ -135,11 +160,14 @@ def test_a_value_another_setting_holds_is_still_a_change(workflow, text, expecte
 
 
 def test_summary_rows_agree_with_the_eval_reports(workflow):
-    """summary.json: one row per stage, the split, images and mIoU (%) of its report."""
+    """summary.json: one row per stage (a CAM network's at the configured and at the best
+    threshold), the split, images and mIoU (%) of its report; the report's figures."""
     evals = workflow / RESULTS / "eval"
     reports = {
         "baseline CAM": "cam_baseline.json",
+        "baseline CAM, best t": "cam_baseline.json",
         "RITC CAM": "cam.json",
+        "RITC CAM, best t": "cam.json",
         "pseudo mask": "pseudo_masks.json",
         "segmentation": "seg.json",
     }
@@ -148,9 +176,20 @@ def test_summary_rows_agree_with_the_eval_reports(workflow):
     table = (evals / "summary.md").read_text()
     for r in rows:
         stored = json.loads((evals / reports[r["stage"]]).read_text())
+        best = r["stage"].endswith(", best t")
         assert (r["split"], r["images"]) == (stored["split"], stored["images"])
-        assert r["miou"] == pytest.approx(100 * stored["miou"], abs=1e-9)
-        assert f"| {r['stage']} | {r['split']} | {r['images']} | {r['miou']:.2f} |" in table
+        miou = stored["best_miou" if best else "miou"]
+        assert r["miou"] == pytest.approx(100 * miou, abs=1e-9)
+        t = stored.get("best_threshold" if best else "bg_threshold")
+        threshold = "—" if t is None else f"{t:g}"
+        assert (
+            f"| {r['stage']} | {r['split']} | {r['images']} | {threshold} | {r['miou']:.2f} |"
+            in table
+        )
+    for name in ("cam_sweep.png", "cam_baseline_sweep.png", "pseudo_masks_iou.png", "seg_iou.png"):
+        assert (evals / name).stat().st_size > 0
+    for name in ("pseudo_masks", "seg"):
+        assert "per-class IoU" in (evals / f"{name}_per_class.html").read_text()
     assert sorted(p.name for p in (evals / "cam_baseline_vis").iterdir()) == sorted(
         p.name for p in (evals / "cam_vis").iterdir()
     )
@@ -223,8 +262,11 @@ def test_touching_a_source_file_plans_nothing(workflow):
     [
         ("models/irn.pt", IRN_DOWN),
         ("models/cam_baseline.pt", BASELINE_DOWN),
-        ("models/seg.pt", {"train_seg": 1, "summary": 1, "all": 1}),
-        ("eval/seg.json", {"train_seg": 1, "summary": 1, "all": 1}),
+        (
+            "models/seg.pt",
+            {"train_seg": 1, "training_curves": 1, **SEG_EVAL_DOWN},
+        ),
+        ("eval/seg.json", SEG_EVAL_DOWN),
         ("cams/shard-1.npz", {"cams": 1, "eval_cam": 1, "cam_compare": 1, **CRF_DOWN, "crf": 1}),
         (
             "cams_baseline/shard-1.npz",
@@ -337,6 +379,7 @@ def test_a_new_shard_count_retrains_nothing(own_copy):
     per_shard = {"qape": 3, "cams": 2 * 3, "crf": 3, "pseudo_masks": 3}  # baseline and RITC
     unchanged = ("demo_data", "demo_models", "manifest", "train_cam")
     expected = {k: v for k, v in {**EVERY_JOB, **per_shard}.items() if k not in unchanged}
+    expected["training_curves"] = 3  # RITC, IRN and seg; not train_cam's
     assert planned(own_copy, overlays=(three,)) == expected
     trained = (f"{RESULTS}/models/ritc.pt", f"{RESULTS}/models/irn.pt")
     snakemake(own_copy, "--cores", "2", overlays=(three,), targets=trained)

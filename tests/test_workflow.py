@@ -97,7 +97,9 @@ def test_every_planned_command_parses_with_its_stage_cli(tmp_path, kind):
             assert args.baseline == tmp_path / "data" / "models" / "res50_cam.pt"
         if kind == "voc12" and stage == "qape":
             assert args.model == str(tmp_path / "data" / "models" / "blip-vqa-capfilt-large")
-    not_rules = {"convert"} | ({"demo_data", "demo_models"} if kind != "demo" else set())
+    # export_voc: target export_voc_test only (test_voc_test_export_is_planned_on_request)
+    not_rules = {"convert", "export_voc"}
+    not_rules |= {"demo_data", "demo_models"} if kind != "demo" else set()
     if kind == "voc12":
         not_rules.add("train_cam")  # cam.released
     assert stages == set(cli.STAGES) - not_rules
@@ -169,3 +171,31 @@ def test_each_job_asks_for_the_memory_its_config_sets(tmp_path):
             expected.setdefault(rule, set()).add(want)
     assert {"qape", "cams", "crf", "eval_cam", "pseudo_masks"} <= set(asked)
     assert asked == expected
+
+
+def test_voc_test_export_is_planned_on_request(tmp_path):
+    """export_voc_test: not in the default target; asked for, it predicts dataset.root's
+    test list under seg_eval's protocol (configs/voc12.yaml: the paper's); without a test
+    list Snakemake names the missing file."""
+    env = model_caches(tmp_path)
+    flags = ["-n", "-p", "--configfile", str(paper_config(tmp_path, "voc12"))]
+    flags.append(str(_converted_overlay(tmp_path)))
+    result = snakemake(tmp_path, "export_voc_test", *flags, env=env)
+    assert result.returncode != 0
+    assert "VOC2012/ImageSets/Segmentation/test.txt" in result.stdout + result.stderr
+    (tmp_path / "VOC2012/ImageSets/Segmentation/test.txt").write_text("2008_000001\n")
+    result = snakemake(tmp_path, "export_voc_test", *flags, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    commands = [
+        _stage_argv(line.partition("Shell command: ")[2])
+        for line in result.stdout.splitlines()
+        if line.startswith("Shell command: ") and "qaclims" in line
+    ]
+    argv = next(argv for stage, argv in commands if stage == "export_voc")
+    args = cli.build_parser("export_voc").parse_args(["export_voc", *argv])
+    assert args.scales == [1.0, 0.5, 0.75] and not args.flip and args.fusion == "max"
+    assert args.crf and (args.crf_bilateral_sxy, args.crf_bilateral_compat) == (67, 4)
+    assert args.images == tmp_path / "VOC2012" / "JPEGImages" and args.arch == "deeplabv2"
+    assert args.out_tar == Path("results/voc12/voc_test/results.tgz")
+    default = snakemake(tmp_path, *flags, env=env)
+    assert default.returncode == 0 and "export_voc" not in default.stdout
