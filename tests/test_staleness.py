@@ -47,6 +47,7 @@ PSEUDO_DOWN = {
 IRN_DOWN = {"train_irn": 1, **PSEUDO_DOWN, "training_curves": 2}
 # A new seg_eval protocol: the segmentation's scores and what shows them, never train_seg.
 SEG_EVAL_DOWN = {"eval_seg": 1, "class_iou": 1, "summary": 1, "all": 1}
+SEG_DOWN = {"train_seg": 1, "training_curves": 1, **SEG_EVAL_DOWN}
 CRF_DOWN = {"crf": SHARDS, **IRN_DOWN}
 RITC_DOWN = {
     "ritc": 1,
@@ -57,7 +58,7 @@ RITC_DOWN = {
     "training_curves": 3,
 }
 TEXT_DOWN = {"text_features": 1, **RITC_DOWN}
-QAPE_DOWN = {"qape": SHARDS, "corpus": 1, **TEXT_DOWN}
+QAPE_DOWN = {"qape": SHARDS, "corpus": 1, "corpus_report": 1, **TEXT_DOWN}
 # The baseline's own CAMs and their evaluation too; the demo's IRN and seg start from it.
 BASELINE_DOWN = {
     "train_cam": 1,
@@ -72,6 +73,7 @@ EVERY_JOB = {
     "manifest": 1,
     "qape": SHARDS,
     "corpus": 1,
+    "corpus_report": 1,
     "text_features": 1,
     **BASELINE_DOWN,
 }
@@ -153,6 +155,7 @@ def own_copy(workflow: Path, tmp_path: Path) -> Path:
         ("qape:\n  num_beams: 1\n", QAPE_DOWN),  # 1 is qape.min_length
         ("text:\n  prompt: 'ViT-tiny {}'\n", TEXT_DOWN),  # beside the architecture name
         ("seg_eval:\n  scales: [0.5, 1.5]\n", SEG_EVAL_DOWN),  # [0.5, 1.5] is seg.scale_range
+        ("seg:\n  arch: deeplabv2\n", SEG_DOWN),  # the paper's model: retrained, rescored
     ],
 )
 def test_a_value_another_setting_holds_is_still_a_change(workflow, text, expected):
@@ -274,7 +277,7 @@ def test_touching_a_source_file_plans_nothing(workflow):
         ),
         (
             "demo_models/clip-tiny.safetensors",
-            {"demo_models": 1, **TEXT_DOWN, "qape": 2, "corpus": 1},
+            {"demo_models": 1, **TEXT_DOWN, "qape": 2, "corpus": 1, "corpus_report": 1},
         ),
     ],
 )
