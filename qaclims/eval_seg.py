@@ -18,12 +18,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from qaclims.atomic import atomic_path
-from qaclims.devices import PRECISIONS, limit_cpu_threads, pick_device
+from qaclims.devices import limit_cpu_threads, pick_device
 from qaclims.errors import InputError
 from qaclims.images import read_label_map, read_rgb
 from qaclims.labelled import iou_report
 from qaclims.metrics import ConfusionMeter
-from qaclims.models.seg_net import ARCHS, load_seg_net
+from qaclims.models.seg_net import load_seg_net
 from qaclims.seg_predict import Protocol, add_protocol_arguments, predict_labels, protocol_from_args
 from qaclims.tables import read_class_names, read_manifest
 
@@ -92,11 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--training", type=Path, default=None, help="train_seg's summary JSON")
     p.add_argument("--out-json", type=Path, required=True)
     p.add_argument("--split", required=True)
-    p.add_argument("--depth", type=int, required=True)
-    p.add_argument("--arch", choices=ARCHS, default="deeplabv3")
     add_protocol_arguments(p)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: CUDA autocast")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from qaclims.atomic import atomic_dir, atomic_path
-from qaclims.devices import PRECISIONS, limit_cpu_threads, pick_device
+from qaclims.devices import limit_cpu_threads, pick_device
 from qaclims.errors import InputError
 from qaclims.images import read_rgb, save_label_png, voc_palette
-from qaclims.models.seg_net import ARCHS, load_seg_net
+from qaclims.models.seg_net import load_seg_net
 from qaclims.seg_predict import Protocol, add_protocol_arguments, predict_labels, protocol_from_args
 from qaclims.tables import read_class_names
 
@@ -104,11 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, required=True, help="JPEGImages folder of the test set")
     p.add_argument("--out-dir", type=Path, required=True, help="the submission's results/ folder")
     p.add_argument("--out-tar", type=Path, required=True, help="that folder as .tgz")
-    p.add_argument("--depth", type=int, required=True)
-    p.add_argument("--arch", choices=ARCHS, default="deeplabv3")
     add_protocol_arguments(p)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: CUDA autocast")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -36,8 +36,9 @@ from pydensecrf.utils import unary_from_softmax
 from torch import nn
 
 from qaclims.augment import normalize
-from qaclims.devices import autocast
+from qaclims.devices import PRECISIONS, autocast
 from qaclims.errors import InputError
+from qaclims.models.seg_net import ARCHS
 
 FUSIONS = ("max", "mean")
 
@@ -167,7 +168,11 @@ def protocol_from_args(args: argparse.Namespace) -> Protocol:
 
 
 def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
-    """The protocol's flags, shared by eval_seg and export_voc."""
+    """The model's and the protocol's flags, shared by eval_seg and export_voc."""
+    p.add_argument("--depth", type=int, required=True)
+    p.add_argument("--arch", choices=ARCHS, default="deeplabv3")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: CUDA autocast")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--scales", type=float, nargs="+", required=True, help="test scales")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--fusion", choices=FUSIONS, default="max", help="max: logits | mean: softmax")
